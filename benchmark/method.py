@@ -1,0 +1,111 @@
+"""The method-plugin contract.
+
+A method owns its loss and any parameters the loss needs (proxies, a training-only head); the engine owns the
+encoder's construction, the optimiser, the schedule, the sampler, augmentation, evaluation and model selection.
+A method can only add parameter groups (with a learning-rate multiplier taken from its paper) and compute its loss.
+
+A minimal plugin, saved as ``methods/my_loss.py``::
+
+    from dataclasses import dataclass
+    from benchmark.method import EmbeddingLossMethod, MethodConfig
+    from benchmark.registry import register_method
+
+    @dataclass
+    class MyLossConfig(MethodConfig):
+        margin: float = 0.2  # paper, Sec. 4.1
+
+    @register_method
+    class MyLoss(EmbeddingLossMethod):
+        name = "my_loss"
+        paper = "Doe et al., My Loss, CVPR 2027"
+        year = 2027
+        config_class = MyLossConfig
+
+        def loss(self, embeddings, labels):
+            ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from benchmark.encoder import Encoder
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's config dataclass (stored in Hydra's ConfigStore under ``method``)."""
+
+    name: str = "???"  # filled in by each subclass; equals the registry name
+
+
+@dataclass
+class ParamGroup:
+    """Extra parameters a method optimises, with the learning-rate multiplier its paper gives (and where from)."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr_mult: float = 1.0
+    weight_decay: float | None = None  # None: the engine's weight decay
+    source: str = ""  # where the multiplier comes from (paper section or official code)
+
+
+@dataclass
+class TaskInfo:
+    """What a method may know about the task when it is built."""
+
+    num_classes: int  # training classes (labels are 0..num_classes-1 in training batches)
+    embedding_dim: int
+    dataset: str
+    class_names: list[str] = field(default_factory=list)
+    card: dict[str, Any] = field(default_factory=dict)  # the dataset card (attribute vocabulary, prompt fields)
+
+
+class Method(nn.Module):
+    """Base class of every method plugin. Subclasses set the class attributes and implement ``training_step``."""
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # full citation: authors, title, venue
+    year: ClassVar[int] = 0
+    url: ClassVar[str] = ""  # arXiv or proceedings link
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    trains: ClassVar[bool] = True  # False for methods evaluated zero-shot (``pretrained``)
+
+    def __init__(self, cfg: Any, task: TaskInfo) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.task = task
+
+    def param_groups(self) -> list[ParamGroup]:
+        """Parameters this method owns, grouped by learning-rate multiplier. The default: one group, ×1."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [ParamGroup("method", params)] if params else []
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor, encoder: Encoder) -> dict[str, Any]:
+        """One step's losses: a dict holding ``loss`` (a scalar tensor with grad) and detached scalars to log."""
+        raise NotImplementedError
+
+    def embed(self, images: torch.Tensor, encoder: Encoder) -> torch.Tensor:
+        """Embeddings used for retrieval (L2-normalised). Methods change what is embedded, never how it is scored."""
+        return encoder(images)
+
+    def diagnostics(self) -> dict[str, float]:
+        """Run-level diagnostics to store in the record (e.g. SAGA's reward statistics). Default: none."""
+        return {}
+
+
+class EmbeddingLossMethod(Method):
+    """A method whose whole training step is a loss on the encoder's L2-normalised embeddings."""
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor, encoder: Encoder) -> dict[str, Any]:
+        embeddings = self.embed(images, encoder)
+        loss = self.loss(embeddings, labels)
+        return {"loss": loss}
