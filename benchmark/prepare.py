@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tarfile
 import tempfile
 import urllib.request
@@ -20,6 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from benchmark.data._common import LayoutNotFoundError
 from benchmark.data.base import DatasetError, DatasetSplits, check_counts, get_reader, load_card
@@ -34,7 +35,11 @@ def download_url(url: str, destination: Path, timeout: float = 60.0) -> None:
     handle, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
     try:
         with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            shutil.copyfileobj(response, out, length=1 << 20)
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name, disable=None) as progress:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    progress.update(len(block))
         os.replace(tmp, destination)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -150,7 +155,7 @@ def prepare_dataset(
 ) -> dict[str, Any]:
     """Fetch (where possible) and check dataset ``name`` under ``root``; returns a report.
 
-    The report holds ``name``, ``root``, ``ok``, the per-split ``counts``, the card's ``expected`` counts,
+    The report holds ``name``, ``root`` (also as ``path``), ``ok``, the per-split ``counts``, the card's ``expected`` counts,
     ``downloaded``/``extracted`` archives, ``decoded`` (number of images decoded) and ``corrupt`` (``"path: error"``
     lines). A missing or unfetchable dataset raises :class:`DatasetError` with what to fetch from where; a corrupt
     image gives ``ok: False`` and is named. ``card`` and ``downloader`` let tests run without the network.
@@ -160,6 +165,7 @@ def prepare_dataset(
     report: dict[str, Any] = {
         "name": card["name"],
         "root": str(root_path),
+        "path": str(root_path),
         "ok": False,
         "downloaded": [],
         "extracted": [],

@@ -9,6 +9,7 @@ not shipped), in the real directory-name pattern. Metadata follows protocol.md s
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -26,12 +27,29 @@ def split_class_names(name: str) -> list[str]:
     return list(spec["train_classes"]) + list(spec["test_classes"])
 
 
+_POOL: dict[int, list[bytes]] = {}
+
+
+def _jpeg_pool(size: int) -> list[bytes]:
+    """32 encoded random-colour JPEGs per size, reused so that thousands of files are written quickly."""
+    if size not in _POOL:
+        rng = np.random.default_rng(1234)
+        pool = []
+        for _ in range(32):
+            base = rng.integers(0, 256, size=3)
+            pixels = np.clip(base + rng.integers(-20, 21, size=(size, size, 3)), 0, 255).astype(np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="JPEG", quality=85)
+            pool.append(buffer.getvalue())
+        _POOL[size] = pool
+    return _POOL[size]
+
+
 def write_jpeg(path: Path, rng: np.random.Generator, size: int = 16) -> None:
-    """A small random-colour JPEG (uniform colour plus noise, so files differ)."""
+    """A small random-colour JPEG (one of a pool of encoded images, picked with ``rng``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    base = rng.integers(0, 256, size=3)
-    pixels = np.clip(base + rng.integers(-20, 21, size=(size, size, 3)), 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(path, format="JPEG", quality=85)
+    pool = _jpeg_pool(size)
+    path.write_bytes(pool[int(rng.integers(len(pool)))])
 
 
 def make_cub(root: Path, per_class: int = 2, seed: int = 0) -> Path:

@@ -341,6 +341,13 @@ def test_prepare_downloads_verifies_and_extracts_a_local_archive(tmp_path):
     assert report["counts"]["test"] == {"classes": 100, "images": 200}
     assert report["downloaded"] == [str(tmp_path / "root" / "CUB_200_2011.tgz")]
     assert (tmp_path / "root" / "CUB_200_2011" / "classes.txt").exists()
+    # An archive the user put in the root is verified and extracted with downloading off.
+    (tmp_path / "manual").mkdir()
+    archive.rename(tmp_path / "manual" / "CUB_200_2011.tgz")
+    card = card_with_url(None, md5)
+    with pytest.warns(UserWarning, match="expected counts"):
+        report = prepare_dataset("cub", str(tmp_path / "manual"), download=False, strict=False, card=card)
+    assert report["ok"] and report["downloaded"] == [] and len(report["extracted"]) == 1
 
 
 def test_prepare_names_a_corrupt_jpeg(tmp_path):
