@@ -155,10 +155,11 @@ def prepare_dataset(
 ) -> dict[str, Any]:
     """Fetch (where possible) and check dataset ``name`` under ``root``; returns a report.
 
-    The report holds ``name``, ``root`` (also as ``path``), ``ok``, the per-split ``counts``, the card's ``expected`` counts,
-    ``downloaded``/``extracted`` archives, ``decoded`` (number of images decoded) and ``corrupt`` (``"path: error"``
-    lines). A missing or unfetchable dataset raises :class:`DatasetError` with what to fetch from where; a corrupt
-    image gives ``ok: False`` and is named. ``card`` and ``downloader`` let tests run without the network.
+    The report holds ``name``, ``root`` (also as ``path``), ``ok``, the per-split ``counts``, ``classes``, the
+    card's ``expected`` counts, the ``downloaded``/``extracted`` archives, ``decoded`` (images decoded) and
+    ``corrupt`` (``"path: error"`` lines). A missing or unfetchable dataset raises :class:`DatasetError` saying what
+    to fetch from where and where to put it; a corrupt image gives ``ok: False`` and is named. ``card`` and
+    ``downloader`` let tests run without the network.
     """
     card = card or load_card(name)
     root_path = Path(root).expanduser()
