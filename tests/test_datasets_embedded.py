@@ -132,6 +132,8 @@ def test_render_is_reproducible_and_validates_its_input():
     assert not np.array_equal(first, attr.render(values, 124, 48))
     with pytest.raises(ValueError, match="Allowed: circle"):
         attr.render({**values, "body shape": "blob"}, 0, 48)
+    with pytest.raises(ValueError, match="at least 16 pixels"):
+        attr.render(values, 0, 8)
     with pytest.raises(ValueError, match="missing"):
         attr.render({k: v for k, v in values.items() if k != "pattern"}, 0, 48)
 

@@ -164,8 +164,8 @@ def _closed_path(points: np.ndarray, step: float) -> np.ndarray:
 def render_with_nuisance(attributes: dict[str, str], nuisance: Nuisance, image_size: int) -> np.ndarray:
     """Render one figure with the given attribute values and nuisance, as a uint8 ``H×W×3`` array."""
     validate_attributes(attributes)
-    if image_size < 16:
-        raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
+    if not isinstance(image_size, int | np.integer) or image_size < 16:
+        raise ValueError(f"image_size must be an integer of at least 16 pixels, got {image_size!r}")
     size = image_size * _SUPERSAMPLE
     tex = np.random.default_rng(nuisance.texture_seed)
     shift = np.asarray(nuisance.color_shift)
