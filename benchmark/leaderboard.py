@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import sys
 from collections.abc import Iterable, Sequence
@@ -43,6 +44,8 @@ GROUP_KEYS = [*COMPARE_KEYS, "method", "config_hash"]
 _DESCRIPTIVE = ["backbone_source", "pooling", "image_size", "train_transform", "test_transform", "protocol_version"]
 
 
+# The engine moves a finished run aside as <run dir>.old-<timestamp> when the same config is re-run (force=true).
+ARCHIVED = re.compile(r"\.old-[0-9-]+$")
 # Text columns of the CSV files: read back as text even when a hash or a seed list looks like a number.
 TEXT_COLUMNS = {
     "path", "run_id", "dataset", "method", "backbone", "backbone_source", "pooling", "train_transform",
@@ -80,7 +83,10 @@ def _find_records(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[
         for dirpath, dirnames, filenames in os.walk(p):
             dirnames.sort()
             d = Path(dirpath)
-            if "record.json" in filenames:
+            if ARCHIVED.search(d.name) and ("record.json" in filenames or "metrics.jsonl" in filenames):
+                reason = "archived run (moved aside when the configuration was re-run with force=true)"
+                unfinished.append({"path": _display_path(d), "reason": reason})
+            elif "record.json" in filenames:
                 found.setdefault((d / "record.json").resolve(), d / "record.json")
             elif "metrics.jsonl" in filenames or "checkpoints" in dirnames:
                 reason = "unfinished: the run directory has no record.json (still running, or killed before the end)"
@@ -168,7 +174,7 @@ def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         seed=rec["seed"],
         git_sha=git.get("sha"),
         git_dirty=git.get("dirty"),
-        finished=timings.get("finished"),
+        finished=timings.get("finished") or timings.get("updated"),
     )
     return row, None
 

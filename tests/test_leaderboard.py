@@ -477,3 +477,34 @@ def test_html_page_in_a_headless_browser(runs_dir, tmp_path):
         assert all(r.is_displayed() for r in table.find_elements(By.CSS_SELECTOR, "tbody tr"))
     finally:
         driver.quit()
+
+
+ENGINE_RUNS = Path(__file__).parent / "fixtures" / "engine_runs"
+
+
+def test_records_written_by_the_engine_are_read_whole(tmp_path):
+    """Records from real tiny engine runs (see fixtures/engine_runs/README.md) are gathered and aggregated."""
+    files = sorted(ENGINE_RUNS.rglob("record.json"))
+    raw = [json.loads(f.read_text()) for f in files]
+    runs, skipped = lb.gather([ENGINE_RUNS])
+    assert skipped == [] and len(runs) == len(raw) == 8
+    for rec in raw:
+        row = runs[(runs["method"] == rec["method"]) & (runs["seed"] == rec["seed"])].iloc[0]
+        assert row["run_id"] == rec["run_id"] and row["config_hash"] == rec["config_hash"]
+        assert row["protocol_hash"] == rec["protocol"]["hash"] and row["git_sha"] == rec["git"]["sha"]
+        assert row["embedding_dim"] == rec["backbone"]["embedding_dim"] == 16
+        assert row["train_transform"] == rec["data"]["train_transform"]
+        assert all(row[m] == rec["metrics"]["test"][m] for m in lb.METRICS)
+    agg = lb.aggregate(runs, reference="proxy_anchor")
+    counts = {m: sum(r["method"] == m for r in raw) for m in {r["method"] for r in raw}}
+    assert dict(zip(agg["method"], agg["n_seeds"], strict=True)) == counts
+    assert agg.set_index("method")["fewer_seeds"].to_dict() == {m: n < max(counts.values()) for m, n in counts.items()}
+    for _, row in agg.iterrows():
+        vals = [r["metrics"]["test"]["map@r"] for r in raw if r["method"] == row["method"]]
+        assert row["map@r_mean"] == pytest.approx(statistics.mean(vals))
+    # A run moved aside by force=true (<run>.old-<time>) is listed as archived, not as a duplicate or a result.
+    shutil.copytree(ENGINE_RUNS, tmp_path / "runs")
+    src = next((tmp_path / "runs").rglob("record.json")).parent
+    shutil.copytree(src, src.with_name(src.name + ".old-20261126-082300"))
+    runs2, skipped2 = lb.gather([tmp_path / "runs"])
+    assert len(runs2) == 8 and len(skipped2) == 1 and "archived" in skipped2[0]["reason"]
