@@ -23,10 +23,11 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.records import METRIC_KEYS as METRICS
+from benchmark.records import SCHEMA_VERSION
+
 COMMAND = "python -m benchmark leaderboard"
-SCHEMA_VERSION = 1
-RECALL_KS = (1, 2, 4, 8)
-METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
+RECALL_KS = tuple(int(m.split("@")[1]) for m in METRICS if m.startswith("recall@"))
 SELECTION_RULES = ("val", "last", "test")
 FORMATS = ("md", "csv", "tex", "html", "png")
 DEFAULT_REPORTED_DIR = Path(__file__).resolve().parents[1] / "leaderboard" / "reported"
