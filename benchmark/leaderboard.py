@@ -184,8 +184,8 @@ def gather(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[
     """Read every run record under ``paths`` into one DataFrame (one row per run, columns :data:`RUN_COLUMNS`).
 
     Returns ``(runs, skipped)``; ``skipped`` lists ``{"path", "reason"}`` for each record that is not a finished
-    result, and for each duplicate (same config hash and seed as a run already kept: the first one to finish, then
-    the first path, is kept). Raises FileNotFoundError for a path that does not exist.
+    result, and for each duplicate (same protocol, config hash and seed as a run already kept: the first one to
+    finish, then the first path, is kept). Raises FileNotFoundError for a path that does not exist.
     """
     files, skipped = _find_records(paths)
     rows = []
@@ -198,7 +198,7 @@ def gather(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[
     rows.sort(key=lambda r: (r["finished"] is None, str(r["finished"] or ""), r["path"]))
     kept: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        key = (r["dataset"], r["method"], r["config_hash"], r["seed"])
+        key = (r["protocol_hash"], r["dataset"], r["method"], r["config_hash"], r["seed"])
         if key in kept:
             reason = (
                 f"duplicate of {kept[key]['path']} (same config {r['config_hash']} and seed {r['seed']}); "

@@ -161,14 +161,12 @@ def test_aggregate_matches_an_independent_computation(runs_dir):
 def test_protocols_selection_rules_and_configs_are_never_merged(tmp_path):
     rng = random.Random(0)
     recs = [make_record("pa", "cub", s, random_metrics(rng, 0.5)) for s in range(2)]
-    recs += [
-        make_record("pa", "cub", s, random_metrics(rng, 0.5), config_hash="pa-p2", protocol={"hash": "ffff0000ffff"})
-        for s in range(2)
-    ]
+    # Same config and seeds under another protocol (another hash): results of their own, not duplicates.
+    recs += [make_record("pa", "cub", s, random_metrics(rng, 0.5), protocol={"hash": "ffff0000ffff"}) for s in range(2)]
     recs += [make_record("pa", "cub", 0, random_metrics(rng, 0.5), config_hash="pa-test", selection={"rule": "test"})]
     recs += [make_record("pa", "cub", s, random_metrics(rng, 0.6), config_hash="pa-lr2") for s in range(2)]
-    for r in recs:
-        write_run(tmp_path / "runs", r)
+    for i, r in enumerate(recs):
+        write_run(tmp_path / "runs", r, name=f"run{i}")
     runs, skipped = lb.gather([tmp_path / "runs"])
     assert skipped == [] and len(runs) == len(recs)
     agg = lb.aggregate(runs)
