@@ -280,10 +280,10 @@ def build_leaderboard(
     if metric not in METRICS:
         raise ValueError(f"Unknown metric '{metric}'; choose from {', '.join(METRICS)}.")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     runs, skipped = gather(paths)
     agg = aggregate(runs, reference)
     reported = load_reported(reported_dir) if reported_dir is not None else None
+    out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be usable
     if command is None:
         ref_arg = f" --reference {reference}" if reference else ""
         metric_arg = f" --metric {metric}" if metric != "recall@1" else ""
