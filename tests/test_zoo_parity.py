@@ -95,3 +95,100 @@ def test_potential_field_rejects_labels_outside_the_training_classes():
     loss_fn = PotentialFieldLoss(num_classes=2, embedding_dim=2, proxies_per_class=1)
     with pytest.raises(ValueError, match="labels must lie in 0..1"):
         loss_fn(torch.randn(2, 2), torch.tensor([0, 2]))
+
+
+# ---------------------------------------------------------------- HIST (official code: ljin0429/HIST)
+
+# Fixtures recorded by running the official code/hist.py (CDs2Hg + HGNN, ljin0429/HIST@e7d650c80460) on CPU in
+# float64 (inputs drawn in float32 from the generator, then cast), with torch.Tensor.cuda patched to a no-op and torch.chain_matmul -> torch.linalg.multi_dot where absent;
+# inputs and parameters from _hist_inputs() below (same generator order); loss = dist_loss + 1.0 * CE(HGNN(x, H), y).
+# "cos_weighted" is sum(grad * cos(arange(numel)).reshape(grad.shape)).
+HIST_FIXTURES = {
+    (32.0, 1.1): {
+        "loss": 15.633551729571924,
+        "dist": 13.851332884017689,
+        "ce": 1.7822188455542358,
+        "x": (42.02898443239106, -0.027145307900716453),
+        "means": (21.08982218023611, 3.445756506296097),
+        "log_vars": (12.320529227627706, 0.1389547535604616),
+        "theta1": (0.9167676926725815, 0.07687302027065884),
+        "theta2": (1.7624369264234927, 0.0013992767334682077),
+    },
+    (16.0, 2.0): {
+        "loss": 8.960139599850011,
+        "dist": 7.042208454510897,
+        "ce": 1.917931145339114,
+        "x": (20.135808767414623, -0.32449160302222446),
+        "means": (10.845655294870973, 1.6742086138109058),
+        "log_vars": (6.681013269193725, 0.30094060567656766),
+        "theta1": (2.4030413669975688, 0.14287785424583319),
+        "theta2": (2.6531310612053183, 0.0944895953447574),
+    },
+}
+
+
+def _hist_inputs():
+    c, e, hid = 5, 6, 7
+    g = torch.Generator().manual_seed(1234)
+    x = torch.randn(8, e, generator=g).double()
+    y = torch.tensor([0, 0, 1, 1, 3, 3, 4, 4])  # class 2 absent: it must get no hyperedge
+    means = torch.randn(c, e, generator=g).double()
+    log_vars = (torch.rand(c, e, generator=g) * 2 - 0.5).double()
+    w1 = torch.randn(hid, e, generator=g).double() * 0.3
+    b1 = torch.randn(hid, generator=g).double() * 0.1
+    w2 = torch.randn(c, hid, generator=g).double() * 0.3
+    b2 = torch.randn(c, generator=g).double() * 0.1
+    return x, y, means, log_vars, w1, b1, w2, b2
+
+
+def _cos_weighted(t: torch.Tensor) -> float:
+    return float((t * torch.arange(t.numel(), dtype=t.dtype).reshape(t.shape).cos()).sum())
+
+
+@pytest.mark.parametrize("tau,alpha", list(HIST_FIXTURES))
+def test_hist_loss_and_gradients_match_the_official_code(tau, alpha):
+    from methods.hist import HIST, HISTConfig
+
+    x, y, means, log_vars, w1, b1, w2, b2 = _hist_inputs()
+    method = HIST(HISTConfig(tau=tau, alpha=alpha, hgnn_hidden=7), TaskInfo(5, 6, "cub")).double()
+    with torch.no_grad():
+        method.means.copy_(means)
+        method.log_vars.copy_(log_vars)
+        method.hgnn.theta1.weight.copy_(w1)
+        method.hgnn.theta1.bias.copy_(b1)
+        method.hgnn.theta2.weight.copy_(w2)
+        method.hgnn.theta2.bias.copy_(b2)
+    x = x.requires_grad_(True)
+    out = method.hist_loss(x, y)
+    out["loss"].backward()
+    ref = HIST_FIXTURES[(tau, alpha)]
+    assert out["loss"].item() == pytest.approx(ref["loss"], rel=1e-9)
+    assert out["distribution_loss"].item() == pytest.approx(ref["dist"], rel=1e-9)
+    assert out["hgnn_ce"].item() == pytest.approx(ref["ce"], rel=1e-9)
+    grads = {
+        "x": x.grad,
+        "means": method.means.grad,
+        "log_vars": method.log_vars.grad,
+        "theta1": method.hgnn.theta1.weight.grad,
+        "theta2": method.hgnn.theta2.weight.grad,
+    }
+    for name, grad in grads.items():
+        abs_sum, weighted = ref[name]
+        assert float(grad.abs().sum()) == pytest.approx(abs_sum, rel=1e-8), name
+        assert _cos_weighted(grad) == pytest.approx(weighted, rel=1e-7, abs=1e-10), name
+
+
+def test_hist_takes_the_papers_per_dataset_values_and_learning_rate_multipliers():
+    from methods.hist import HIST, HISTConfig
+
+    cub = HIST(HISTConfig(), TaskInfo(4, 8, "cub"))
+    assert (cub.tau, cub.alpha, cub.hgnn_lr_mult) == (32.0, 1.1, 5.0)
+    assert cub.distribution_lr_mult == pytest.approx(1e-1 / 1.2e-4)  # absolute 1e-1 at the paper's base 1.2e-4
+    sop = HIST(HISTConfig(), TaskInfo(4, 8, "sop"))
+    assert (sop.tau, sop.alpha, sop.hgnn_lr_mult, sop.distribution_lr_mult) == (16.0, 2.0, 10.0, pytest.approx(100.0))
+    cars = HIST(HISTConfig(alpha=0.5), TaskInfo(4, 8, "cars"))
+    assert (cars.alpha, cars.distribution_lr_mult) == (0.5, pytest.approx(1000.0))  # explicit value wins
+    groups = {g.name: g for g in cub.param_groups()}
+    assert set(groups) == {"class_distributions", "hgnn"}
+    assert {id(p) for g in groups.values() for p in g.params} == {id(p) for p in cub.parameters()}
+    assert all(g.source for g in groups.values())
