@@ -359,3 +359,59 @@ def test_soft_triple_matches_the_official_code():
     _check_fixture(method.loss(x.detach(), y), x.grad, method.criterion.fc.grad, SOFT_TRIPLE_FIXTURE, rel=1e-6)
     (group,) = method.param_groups()
     assert group.lr_mult == 100.0
+
+
+# ---------------------------------------------------------------- Hyp-ViT (official code: htdt/hyp_metric)
+
+# Recorded by running the official code (htdt/hyp_metric@c89de0490691: hyptorch.nn.ToPoincare(c, riemannian=False,
+# clip_r=2.3), hyptorch.pmath.dist_matrix and train.contrastive_loss, on CPU in float64 with .cuda patched out) on
+# _hyp_inputs() in class-major order, loss summed over ordered slot pairs i != j as in train.py.
+# Values: (loss, |grad x|_1, cos-weighted grad x).
+HYP_VIT_FIXTURES = {
+    (0.1, 0.2): (87.79859596064686, 101.35554466201336, 1.5280024827500016),
+    (1.0, 0.2): (39.742285815781045, 59.358583730238685, -1.2059082568990933),
+}
+
+
+def _hyp_inputs():
+    g = torch.Generator().manual_seed(7)
+    p, k, e = 4, 3, 5
+    x = (torch.randn(p * k, e, generator=g, dtype=torch.float32) * 1.5).double()  # some rows beyond clip_r
+    return x, torch.arange(p).repeat_interleave(k), p, k
+
+
+@pytest.mark.parametrize("c,t", list(HYP_VIT_FIXTURES))
+def test_hyp_vit_loss_and_gradient_match_the_official_code(c, t):
+    from methods.hyp_vit import to_poincare
+
+    x, labels, p, k = _hyp_inputs()
+    # Present the batch interleaved (slot-major), as a sampler may: the method must regroup it by class.
+    perm = torch.arange(p * k).view(p, k).t().reshape(-1)
+    xi = x[perm].clone().requires_grad_(True)
+    method = _method("hyp_vit", num_classes=p, dim=5, hyp_c=c, temperature=t)
+    loss = method.hyp_loss(to_poincare(xi, c, 2.3), labels[perm])
+    loss.backward()
+    grad = torch.empty_like(x)
+    grad[perm] = xi.grad
+    ref = HYP_VIT_FIXTURES[(c, t)]
+    assert loss.item() == pytest.approx(ref[0], rel=1e-8)  # official artanh uses the log form: ~1e-9 apart
+    assert float(grad.abs().sum()) == pytest.approx(ref[1], rel=1e-8)
+    assert _cos_weighted(grad) == pytest.approx(ref[2], rel=1e-7)
+
+
+def test_hyp_vit_rejects_unbalanced_batches_and_retrieves_on_encoder_features():
+    method = _method("hyp_vit", num_classes=3, dim=4)
+    with pytest.raises(ValueError, match="same number K >= 2"):
+        method.hyp_loss(torch.zeros(5, 4), torch.tensor([0, 0, 1, 1, 1]))
+
+    class _Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(6, 4)
+
+        def features(self, images):
+            return images.flatten(1)
+
+    images = torch.randn(4, 6)
+    torch.testing.assert_close(method.embed(images, _Encoder()), F.normalize(images, dim=-1))
+    assert method.recommended["backbone.name"] == "vit_small_patch16_224"
