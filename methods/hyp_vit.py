@@ -137,10 +137,9 @@ class HypViT(Method):
         "backbone.pooling": "cls",
         "backbone.embedding_dim": 128,
         "data.transform": "hypvit",  # mean = std = 0.5; RandomResizedCrop(scale=(0.2, 1)) bicubic; test resize bicubic
-        "optim.name": "adamw",
-        "optim.lr": 3e-5,
-        "optim.grad_clip": 3.0,
-        "sampler.images_per_class": 9,  # K = 9 on CUB/Cars (2 on SOP)
+        "train.lr": 3e-5,  # AdamW (the engine's optimiser, as the official code's)
+        "train.grad_clip": 3.0,
+        "train.m_per_class": 9,  # K = 9 on CUB/Cars (2 on SOP)
     }
 
     def __init__(self, cfg: HypViTConfig, task: TaskInfo) -> None:

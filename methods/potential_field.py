@@ -155,8 +155,6 @@ class PotentialField(EmbeddingLossMethod):
         )
 
     def param_groups(self) -> list[ParamGroup]:
-        if not self.proxies_per_class:
-            return []
         return [
             ParamGroup(
                 "proxies",
