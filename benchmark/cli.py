@@ -44,16 +44,18 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from benchmark.prepare import prepare_dataset
+    from benchmark.prepare import format_report, prepare_dataset
 
     options = dict(item.split("=", 1) for item in args.overrides if "=" in item)
-    unknown = [k for k in options if k not in ("dataset", "dataset.root")] + [
+    unknown = [k for k in options if k not in ("dataset", "dataset.root", "dataset.strict")] + [
         item for item in args.overrides if "=" not in item]
     if unknown or "dataset" not in options or "dataset.root" not in options:
-        raise SystemExit("usage: python -m benchmark prepare dataset=NAME dataset.root=DIR "
+        raise SystemExit("usage: python -m benchmark prepare dataset=NAME dataset.root=DIR [dataset.strict=false] "
                          f"(got: {' '.join(args.overrides) or 'nothing'})")
-    report = prepare_dataset(options["dataset"], options["dataset.root"], download=not args.no_download)
-    print(json.dumps(report, indent=2, default=str))
+    strict = options.get("dataset.strict", "true").lower() not in ("false", "0", "no")
+    report = prepare_dataset(options["dataset"], options["dataset.root"], download=not args.no_download,
+                             strict=strict)
+    print(format_report(report))
     return 0 if report.get("ok") else 1
 
 
