@@ -62,7 +62,7 @@ class HISTConfig(MethodConfig):
 
 
 def pairwise_mahalanobis(x: torch.Tensor, means: torch.Tensor, log_vars: torch.Tensor) -> torch.Tensor:
-    """Squared Mahalanobis distances N×C between rows of ``x`` and diagonal Gaussians (official pairwise_mahalanobis)."""
+    """Squared Mahalanobis distances N×C from rows of ``x`` to diagonal Gaussians (official pairwise_mahalanobis)."""
     return ((x.unsqueeze(1) - means.unsqueeze(0)).pow(2) / log_vars.exp().unsqueeze(0)).sum(-1)
 
 

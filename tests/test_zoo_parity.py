@@ -101,8 +101,9 @@ def test_potential_field_rejects_labels_outside_the_training_classes():
 # ---------------------------------------------------------------- HIST (official code: ljin0429/HIST)
 
 # Fixtures recorded by running the official code/hist.py (CDs2Hg + HGNN, ljin0429/HIST@e7d650c80460) on CPU in
-# float64 (inputs drawn in float32 from the generator, then cast), with torch.Tensor.cuda patched to a no-op and torch.chain_matmul -> torch.linalg.multi_dot where absent;
-# inputs and parameters from _hist_inputs() below (same generator order); loss = dist_loss + 1.0 * CE(HGNN(x, H), y).
+# float64 (inputs drawn in float32 from the generator, then cast), with torch.Tensor.cuda patched to a no-op and
+# torch.chain_matmul replaced by torch.linalg.multi_dot where absent; inputs and parameters from _hist_inputs() below
+# (same generator order); loss = dist_loss + 1.0 * CE(HGNN(x, H), y), default dtype float64.
 # "cos_weighted" is sum(grad * cos(arange(numel)).reshape(grad.shape)).
 HIST_FIXTURES = {
     (32.0, 1.1): {

@@ -136,7 +136,8 @@ def test_classification_losses_match_their_equations_with_weight_gradients(name)
 # Recorded by running the official loss code on CPU in float64 (torch.Tensor.cuda patched to a no-op): ProxyNCA++
 # euwern/proxynca_pp@217233d29a89 loss.ProxyNCA_prob(scale=3) and SoftTriple idstcv/SoftTriple@cc1c32d2f93a
 # SoftTriple(la=20, gamma=0.1, tau=0.2, margin=0.01, K=3), on _official_inputs() (SoftTriple fed F.normalize(x), as its
-# network's forward ends; gradients w.r.t. x). Values: (loss, |grad x|_1, cos-weighted grad x, |grad W|_1, cos-weighted grad W).
+# network's forward ends; gradients w.r.t. x).
+# Values: (loss, |grad x|_1, cos-weighted grad x, |grad W|_1, cos-weighted grad W).
 PROXYNCA_PP_FIXTURE = (9.619801333609972, 12.145849984774006, 1.5064135468589428, 11.29994841359656, 0.7233381936538812)
 SOFT_TRIPLE_FIXTURE = (
     8.378655249191134,
