@@ -47,5 +47,8 @@ class PmlLossMethod(EmbeddingLossMethod):
         ]
 
     def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        indices = self.miner(embeddings, labels) if self.miner is not None else None
-        return self.criterion(embeddings, labels, indices)
+        # Similarities in fp32 even under the engine's bf16 autocast (margins of 0.01-0.4 on cosines need the digits).
+        with torch.autocast(embeddings.device.type, enabled=False):
+            embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+            indices = self.miner(embeddings, labels) if self.miner is not None else None
+            return self.criterion(embeddings, labels, indices)

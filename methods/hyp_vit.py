@@ -150,9 +150,10 @@ class HypViT(Method):
     def ball_embedding(self, images: torch.Tensor, encoder: Any) -> torch.Tensor:
         """The training embedding: the encoder's head output mapped onto the ball (or the sphere when c = 0)."""
         x = encoder.head(encoder.features(images)).float()
-        if self.cfg.hyp_c > 0:
-            return to_poincare(x, self.cfg.hyp_c, self.cfg.clip_r)
-        return F.normalize(x, dim=-1)
+        with torch.autocast(x.device.type, enabled=False):
+            if self.cfg.hyp_c > 0:
+                return to_poincare(x, self.cfg.hyp_c, self.cfg.clip_r)
+            return F.normalize(x, dim=-1)
 
     def embed(self, images: torch.Tensor, encoder: Any) -> torch.Tensor:
         return F.normalize(encoder.features(images).float(), dim=-1)
@@ -171,4 +172,7 @@ class HypViT(Method):
         return total
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, encoder: Any) -> dict[str, Any]:
-        return {"loss": self.hyp_loss(self.ball_embedding(images, encoder), labels)}
+        z = self.ball_embedding(images, encoder)
+        # Hyperbolic distances near the boundary need fp32: the loss runs with the engine's autocast off.
+        with torch.autocast(z.device.type, enabled=False):
+            return {"loss": self.hyp_loss(z.float(), labels)}

@@ -104,7 +104,13 @@ class PotentialFieldLoss(nn.Module):
             )
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f"labels must lie in 0..{self.num_classes - 1} (the training classes)")
-        dtype = torch.promote_types(embeddings.dtype, torch.float32)  # bf16/fp16 autocast: compute in fp32
+        # The Gram matrix below must not run in bf16 under the engine's autocast (2 - 2cos loses every digit for
+        # nearby charges), so the energy is computed in fp32 (or the input's wider dtype) with autocast off.
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self._energy(embeddings, labels)
+
+    def _energy(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)
         z = F.normalize(embeddings.to(dtype), dim=-1)
         charges = torch.cat([z, F.normalize(self.proxies.to(dtype), dim=-1)])
         charge_labels = torch.cat([labels, self.proxy_labels.to(labels.device)])

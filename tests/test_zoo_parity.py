@@ -92,6 +92,17 @@ def test_potential_field_method_picks_the_papers_m_per_dataset_and_proxy_lr():
     assert group.lr_mult == 100.0 and group.params[0] is method.criterion.proxies and group.source
 
 
+def test_potential_field_is_computed_in_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    loss_fn = PotentialFieldLoss(num_classes=3, embedding_dim=6, proxies_per_class=2, alpha=4.0, delta=0.9)
+    z, y = _fixed_inputs()
+    z = z.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = loss_fn(z, y)
+    assert under_autocast.dtype == torch.float32
+    assert under_autocast.item() == pytest.approx(loss_fn(z, y).item(), rel=1e-6)
+
+
 def test_potential_field_rejects_labels_outside_the_training_classes():
     loss_fn = PotentialFieldLoss(num_classes=2, embedding_dim=2, proxies_per_class=1)
     with pytest.raises(ValueError, match="labels must lie in 0..1"):

@@ -191,3 +191,13 @@ def test_soft_triple_matches_the_official_code():
     _check_fixture(method.loss(x.detach(), y), x.grad, method.criterion.fc.grad, SOFT_TRIPLE_FIXTURE, rel=1e-6)
     (group,) = method.param_groups()
     assert group.lr_mult == 100.0
+
+
+@pytest.mark.parametrize("name", ["circle", "soft_triple"])
+def test_pml_losses_are_computed_in_fp32_under_bf16_autocast(name):
+    x, y = _fixed_inputs()
+    method = _method(name, num_classes=3).float()
+    x = x.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = method.loss(x, y)
+    assert under_autocast.item() == pytest.approx(method.loss(x, y).item(), rel=1e-6)
