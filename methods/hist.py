@@ -138,6 +138,15 @@ class HIST(Method):
             ),
         ]
 
+    def diagnostics(self) -> dict[str, float]:
+        """The values actually used (config or per-dataset paper value), for the run record."""
+        return {
+            "tau": self.tau,
+            "alpha": self.alpha,
+            "distribution_lr_mult": self.distribution_lr_mult,
+            "hgnn_lr_mult": self.hgnn_lr_mult,
+        }
+
     def _raw_embedding(self, images: torch.Tensor, encoder: Any) -> torch.Tensor:
         x = encoder.head(encoder.features(images)).float()
         return F.layer_norm(x, x.shape[-1:]) if self.cfg.layer_norm else x

@@ -196,6 +196,7 @@ def test_hist_takes_the_papers_per_dataset_values_and_learning_rate_multipliers(
 
     cub = HIST(HISTConfig(), TaskInfo(4, 8, "cub"))
     assert (cub.tau, cub.alpha, cub.hgnn_lr_mult) == (32.0, 1.1, 5.0)
+    assert cub.diagnostics()["alpha"] == 1.1  # the resolved per-dataset value reaches the run record
     assert cub.distribution_lr_mult == pytest.approx(1e-1 / 1.2e-4)  # absolute 1e-1 at the paper's base 1.2e-4
     sop = HIST(HISTConfig(), TaskInfo(4, 8, "sop"))
     assert (sop.tau, sop.alpha, sop.hgnn_lr_mult, sop.distribution_lr_mult) == (16.0, 2.0, 10.0, pytest.approx(100.0))
