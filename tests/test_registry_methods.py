@@ -109,3 +109,16 @@ def test_training_step_trains_every_parameter_and_touches_nothing_else(name):
     optimiser.step()
     for pname, p in trainable:
         assert not torch.equal(p.detach(), before[pname]), f"{name}: {pname} did not change after a step"
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if getattr(list_methods()[n], "recommended", None)])
+def test_recommended_engine_settings_name_real_config_fields(name):
+    from dataclasses import fields
+
+    from benchmark.config import DataConfig, EvalConfig, TrainConfig
+
+    sections = {"backbone": BackboneConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+    for key in list_methods()[name].recommended:
+        section, _, field_name = key.partition(".")
+        assert section in sections, f"{name}: recommended key {key} is not an engine setting"
+        assert field_name in {f.name for f in fields(sections[section])}, f"{name}: no engine field {key}"
