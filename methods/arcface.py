@@ -1,8 +1,9 @@
 """ArcFace, additive angular margin loss (Deng, Guo, Xue, Zafeiriou. "ArcFace: Additive Angular Margin Loss for
 Deep Face Recognition". CVPR 2019), through pytorch-metric-learning.
 
-Paper defaults (Sec. 3 / 4.1): feature scale s = 64, angular margin m = 0.5 rad (pml takes degrees: 28.6). The class
-weights are trained with the network at the same learning rate (the paper has no separate rate): multiplier 1.
+Paper defaults (experimental settings): feature scale s = 64, angular margin m = 0.5 rad (pml takes degrees:
+28.6). The class weights are trained with the network at the same learning rate (the paper has no separate rate):
+multiplier 1.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from methods._pml import PmlLossMethod
 @dataclass
 class ArcFaceConfig(MethodConfig):
     name: str = "arcface"
-    margin: float = 0.5  # additive angular margin m in radians, paper Sec. 4.1
-    scale: float = 64.0  # feature scale s, paper Sec. 4.1
+    margin: float = 0.5  # additive angular margin m in radians, paper's setting
+    scale: float = 64.0  # feature scale s, paper's setting
     proxy_lr_mult: float = 1.0  # class weights at the base rate (paper: one optimiser for all)
 
 

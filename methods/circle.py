@@ -1,7 +1,7 @@
 """Circle loss (Sun, Cheng, Zhang, Zhang, Zheng, Wang, Wei. "Circle Loss: A Unified Perspective of Pair Similarity
-Optimization". CVPR 2020), through pytorch-metric-learning (pair-wise form, Eq. 6, cosine similarity).
+Optimization". CVPR 2020), through pytorch-metric-learning (pair-wise form, cosine similarity).
 
-Paper defaults for fine-grained image retrieval (CUB, Cars, SOP; Sec. 4.1): relaxation margin m = 0.4, scale
+Paper defaults for fine-grained image retrieval (CUB, Cars, SOP): relaxation margin m = 0.4, scale
 gamma = 80 (pml's defaults are the same values).
 """
 
@@ -20,8 +20,8 @@ from methods._pml import PmlLossMethod
 @dataclass
 class CircleConfig(MethodConfig):
     name: str = "circle"
-    m: float = 0.4  # relaxation margin, paper Sec. 4.1 (fine-grained retrieval)
-    gamma: float = 80.0  # scale factor, paper Sec. 4.1 (fine-grained retrieval)
+    m: float = 0.4  # relaxation margin, paper, fine-grained retrieval setting
+    gamma: float = 80.0  # scale factor, paper, fine-grained retrieval setting
 
 
 @register_method

@@ -1,7 +1,7 @@
 """NormSoftmax, normalised softmax with temperature (Zhai, Wu. "Classification is a Strong Baseline for Deep Metric
 Learning". BMVC 2019), through pytorch-metric-learning's ``NormalizedSoftmaxLoss``.
 
-Paper default: temperature 0.05 (Sec. 3.2; pml's default is the same). The paper's layer normalisation of the
+Paper default: temperature 0.05 (pml's default is the same). The paper's layer normalisation of the
 embedding and its class-balanced sampling belong to the engine (``backbone``/``sampler`` settings). The class
 weights train at the base learning rate (multiplier 1; the paper states no separate rate).
 """
@@ -21,7 +21,7 @@ from methods._pml import PmlLossMethod
 @dataclass
 class NormSoftmaxConfig(MethodConfig):
     name: str = "norm_softmax"
-    temperature: float = 0.05  # paper Sec. 3.2
+    temperature: float = 0.05  # paper's temperature
     proxy_lr_mult: float = 1.0  # class weights at the base rate (paper states no separate rate)
 
 

@@ -27,7 +27,7 @@ from methods._pml import PmlLossMethod
 @dataclass
 class ProxyNCAppConfig(MethodConfig):
     name: str = "proxynca_pp"
-    temperature: float = 1.0 / 9.0  # paper Sec. 3.3 / official config "scale": 3 (= sqrt(1/T))
+    temperature: float = 1.0 / 9.0  # paper (T = 1/9) / official config "scale": 3 (= sqrt(1/T))
     proxy_lr_mult: float = 1e5  # official config/*.json: proxynca lr 4e2 over base lr 4e-3
     proxy_init_std: float = 1.0 / 8.0  # official loss.py: torch.randn(nb_classes, sz_embed) / 8
 

@@ -2,7 +2,7 @@
 Sampling". ICCV 2019), through pytorch-metric-learning (``SoftTripleLoss`` plus ``SparseCentersRegularizer``, the
 paper's tau-weighted centre regulariser). Official code: https://github.com/idstcv/SoftTriple.
 
-Defaults from the paper (Sec. 4) and the official ``train.py``: K = 10 centres per class, lambda = 20, gamma = 0.1,
+Defaults from the paper's experiments and the official ``train.py``: K = 10 centres per class, lambda = 20, gamma = 0.1,
 delta (margin) = 0.01, tau = 0.2; centres at 100x the network's rate (``--centerlr 0.01`` over ``--modellr 1e-4``).
 """
 

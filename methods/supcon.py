@@ -1,8 +1,8 @@
 """Supervised contrastive loss (Khosla, Teterwak, Wang, Sarna, Tian, Isola, Maschinot, Liu, Krishnan.
 "Supervised Contrastive Learning". NeurIPS 2020), through pytorch-metric-learning (L^sup_out, Eq. 2).
 
-Paper default: temperature tau = 0.1 (Sec. 4 / App.: "0.1 ... optimal"; pml's default is the same). The paper's
-two augmented views per image are not used: the engine's class-balanced batches provide the positives.
+Paper default: temperature tau = 0.1 (the paper's value for its main results; pml's default is the same).
+The paper's two augmented views per image are not used: the engine's class-balanced batches provide the positives.
 """
 
 from __future__ import annotations

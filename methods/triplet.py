@@ -1,9 +1,9 @@
 """Triplet loss with semi-hard negative mining (Schroff, Kalenichenko, Philbin. "FaceNet: A Unified Embedding for
 Face Recognition and Clustering". CVPR 2015), through pytorch-metric-learning.
 
-Paper defaults: margin alpha = 0.2 on *squared* Euclidean distances between L2-normalised embeddings (Sec. 3,
-Eq. 1), all anchor-positive pairs of the batch, and semi-hard negatives: d(a,p) < d(a,n) < d(a,p) + alpha
-(Sec. 3.2, Eq. 4). pml's ``TripletMarginMiner(type_of_triplets="semihard")`` returns every semi-hard triplet (FaceNet
+Paper defaults: margin alpha = 0.2 on *squared* Euclidean distances between L2-normalised embeddings (the
+triplet loss, Eq. 1), all anchor-positive pairs of the batch, and semi-hard negatives:
+d(a,p) < d(a,n) < d(a,p) + alpha (Eq. 4). pml's ``TripletMarginMiner(type_of_triplets="semihard")`` returns every semi-hard triplet (FaceNet
 picks one at random per anchor-positive pair) and the loss averages over the triplets with a positive loss.
 """
 
@@ -22,7 +22,7 @@ from methods._pml import PmlLossMethod
 @dataclass
 class TripletConfig(MethodConfig):
     name: str = "triplet"
-    margin: float = 0.2  # FaceNet Sec. 3: alpha = 0.2
+    margin: float = 0.2  # FaceNet: alpha = 0.2
     squared_distance: bool = True  # FaceNet Eq. 1 uses squared L2 distances
 
 

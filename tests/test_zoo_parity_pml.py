@@ -88,7 +88,7 @@ def test_circle_matches_its_equation():
     for i in range(len(y)):
         sp = torch.stack([sim[i, j] for j in range(len(y)) if j != i and y[j] == y[i]])
         sn = torch.stack([sim[i, j] for j in range(len(y)) if y[j] != y[i]])
-        logit_p = -gamma * torch.relu(1 + m - sp) * (sp - (1 - m))  # paper Eq. 6, O_p = 1 + m, Delta_p = 1 - m
+        logit_p = -gamma * torch.relu(1 + m - sp) * (sp - (1 - m))  # O_p = 1 + m, Delta_p = 1 - m
         logit_n = gamma * torch.relu(sn + m) * (sn - m)  # O_n = -m, Delta_n = m
         per_anchor.append(F.softplus(torch.logsumexp(logit_p, 0) + torch.logsumexp(logit_n, 0)))
     assert method.loss(x, y).item() == pytest.approx(float(_avg_nonzero(per_anchor)), rel=1e-9)
@@ -118,7 +118,7 @@ def test_classification_losses_match_their_equations_with_weight_gradients(name)
         # beyond theta = pi - m the official insightface code (and pml) use cos(theta) - m sin(m) to stay monotonic
         target = torch.where(theta <= math.pi - 0.5, torch.cos(theta + 0.5), cos - 0.5 * math.sin(0.5))
         logits = 64.0 * torch.where(F.one_hot(y, 3).bool(), target, cos)
-    else:  # cos / T (paper Eq. 2, T = 0.05)
+    else:  # cos / T (T = 0.05)
         assert method.criterion.temperature == 0.05
         logits = cos / 0.05
     expected = F.cross_entropy(logits, y)
