@@ -3,8 +3,9 @@ Face Recognition and Clustering". CVPR 2015), through pytorch-metric-learning.
 
 Paper defaults: margin alpha = 0.2 on *squared* Euclidean distances between L2-normalised embeddings (the
 triplet loss, Eq. 1), all anchor-positive pairs of the batch, and semi-hard negatives:
-d(a,p) < d(a,n) < d(a,p) + alpha (Eq. 4). pml's ``TripletMarginMiner(type_of_triplets="semihard")`` returns every semi-hard triplet (FaceNet
-picks one at random per anchor-positive pair) and the loss averages over the triplets with a positive loss.
+d(a,p) < d(a,n) < d(a,p) + alpha (Eq. 4). pml's ``TripletMarginMiner(type_of_triplets="semihard")`` returns every
+semi-hard triplet (FaceNet picks one at random per anchor-positive pair) and the loss averages over the triplets
+with a positive loss.
 """
 
 from __future__ import annotations
