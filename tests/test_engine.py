@@ -170,3 +170,17 @@ def test_count_mismatch_fails_strict_and_warns_otherwise(datasets_dir):
         base.load_dataset("blobs", per_class=6)
     with pytest.warns(UserWarning, match="dataset.strict=false"):
         base.load_dataset("blobs", strict=False, per_class=6)
+
+
+def test_frozen_backbone_warmup_accumulation_and_tensorboard(tiny_overrides):
+    cfg = compose_config(tiny_overrides + ["train.epochs=1", "train.freeze_backbone_epochs=1", "train.grad_accum=3",
+                                           "train.tensorboard=true", "train.log_every=1", "eval.selection=last"])
+    trainer = Trainer(cfg)
+    before = {n: p.detach().clone() for n, p in trainer.encoder.backbone.named_parameters() if p.requires_grad}
+    head_before = trainer.encoder.head.weight.detach().clone()
+    trainer.fit()
+    after = dict(trainer.encoder.backbone.named_parameters())
+    assert before and all(torch.equal(before[n], after[n]) for n in before)  # backbone frozen in epoch 1
+    assert not torch.equal(head_before, trainer.encoder.head.weight)  # the head trained
+    assert trainer.scheduler.last_epoch == 1  # 3 micro-batches accumulated into one optimiser step
+    assert list((trainer.run_dir / "tensorboard").glob("events.out.tfevents.*"))
