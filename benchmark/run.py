@@ -45,6 +45,16 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 def main(overrides: list[str], as_json: bool = False) -> int:
     cfg = compose_config(overrides)
+    if cfg.launcher == "slurm":
+        from benchmark.cluster import in_slurm_allocation
+
+        if not in_slurm_allocation():  # inside a job (sbatch script, srun) the run simply runs here
+            from benchmark.sweep import submit_single
+
+            info = submit_single(overrides, cfg)
+            print(json.dumps(info, indent=2) if as_json else f"Submitted SLURM job {info['job_id']}; run directory "
+                  f"{info['run_dir']}; log {info['log_out']}. Starting it again resumes or skips it.")
+            return 0
     record, run_dir = run(cfg)
     if as_json:
         print(json.dumps({"record": str(run_dir / "record.json"), **record["metrics"]}, indent=2))
