@@ -33,6 +33,10 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         print(f"force=true: the finished run was moved to {moved}")
         trainer = Trainer(cfg)
     record = trainer.fit()
+    if not trainer.dist.is_main:  # another rank of a data-parallel run: rank 0 writes the record
+        return record, trainer.run_dir
+    if trainer.dist.enabled:
+        record["distributed"] = trainer.dist.describe()
     record["timings"]["total_s"] = time.time() - started
     records.write_json_atomic(trainer.run_dir / "record.json", record)
     return record, trainer.run_dir
@@ -56,6 +60,8 @@ def main(overrides: list[str], as_json: bool = False) -> int:
                   f"{info['run_dir']}; log {info['log_out']}. Starting it again resumes or skips it.")
             return 0
     record, run_dir = run(cfg)
+    if record is None:  # a rank other than 0 of a data-parallel run
+        return 0
     if as_json:
         print(json.dumps({"record": str(run_dir / "record.json"), **record["metrics"]}, indent=2))
         return 0

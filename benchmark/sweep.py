@@ -58,8 +58,10 @@ class RunJob:
             print(f"{stop} Requeueing.", flush=True)
             if handler is None:
                 raise
-            handler.checkpoint_and_try_requeue(handler.signum)  # checkpoint() → requeue → sys.exit(-1)
-            raise  # not reached unless submitit refused to requeue (it raises then)
+            handler.checkpoint_and_try_requeue(handler.signum)  # rank 0: checkpoint() → requeue → sys.exit(-1)
+            handler.exit()  # other ranks of a data-parallel job: rank 0 requeues the whole job
+        if record is None:  # rank > 0 of a data-parallel run
+            return {"run_dir": str(run_dir), "status": "rank>0"}
         return {"run_dir": str(run_dir), "status": record["status"], "test": record["metrics"]["test"]}
 
     def checkpoint(self, *args: Any, **kwargs: Any):
@@ -100,6 +102,9 @@ class _DeferredRequeue:
     def checkpoint_and_try_requeue(self, signum: int) -> None:
         self._handler.checkpoint_and_try_requeue(signum)
 
+    def exit(self) -> None:
+        self._handler._exit()
+
 
 def _install_deferred_requeue() -> _DeferredRequeue | None:
     """Replace submitit's pre-emption signal handler by one that defers to the trainer (inside submitit only)."""
@@ -121,6 +126,8 @@ def _log_job_start(overrides: list[str]) -> None:
     """Append this start (job id, restart count, host, git SHA at run time) to ``<run_dir>/jobs.json``."""
     from benchmark.sweep_spec import cell_run_dir
 
+    if int(os.environ.get("SLURM_PROCID", 0)) != 0:  # rank 0 keeps the log
+        return
     run_dir, _ = cell_run_dir(overrides)
     path = run_dir / "jobs.json"
     starts = json.loads(path.read_text()) if path.exists() else []

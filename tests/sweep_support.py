@@ -115,6 +115,8 @@ def setup_process() -> None:
         base.register_reader("sweep_blobs")(read_blobs)
     if importlib.util.find_spec("benchmark.evaluation") is None and "benchmark.evaluation" not in sys.modules:
         _stub_evaluation()
+    if os.environ.get("SWEEP_TEST_WRITE_LOG"):  # log who writes the record and checkpoints (DDP test)
+        _log_writes(Path(os.environ["SWEEP_TEST_WRITE_LOG"]))
     delay = float(os.environ.get("SWEEP_TEST_SAMPLE_DELAY", 0) or 0)
     fail_seed = os.environ.get("SWEEP_TEST_FAIL_SEED")
     if delay or fail_seed:
@@ -140,6 +142,27 @@ def setup_process() -> None:
 
             trainer.Trainer.train_epoch = failing_epoch
             trainer.Trainer._failing = True
+
+
+def _log_writes(log: Path) -> None:
+    import torch
+
+    import benchmark.records as records
+
+    rank = os.environ.get("SLURM_PROCID", "?")
+    write_json, save = records.write_json_atomic, torch.save
+
+    def logged_write_json(path, obj):
+        with open(log, "a") as handle:
+            handle.write(f"{rank} {Path(path).name}\n")
+        return write_json(path, obj)
+
+    def logged_save(obj, path, *args, **kwargs):
+        with open(log, "a") as handle:
+            handle.write(f"{rank} {Path(path).name}\n")
+        return save(obj, path, *args, **kwargs)
+
+    records.write_json_atomic, torch.save = logged_write_json, logged_save
 
 
 def write_sitecustomize(directory: Path) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -296,3 +297,46 @@ def test_shipped_specs_expand_and_their_available_cells_compose(env, tmp_path, n
     validate_cells(available)
     assert all(c.run_dir and Path(c.run_dir).is_relative_to(tmp_path / "runs") for c in available)
     assert all(c.resources["time_min"] > 0 for c in cells)
+
+
+def test_two_process_ddp_on_cpu_writes_the_record_once(env, tmp_path):
+    """Two ranks started as SLURM would (one task each, gloo on CPU): one record, written by rank 0 only."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    write_log = tmp_path / "writes.log"
+    overrides = [*sweep_support.TINY, "dataset=sweepblobs", "train.epochs=2", f"out_dir={tmp_path / 'runs'}"]
+    procs = []
+    for rank in (0, 1):
+        child = dict(
+            os.environ,
+            SLURM_JOB_ID="77",
+            SLURM_STEP_ID="0",
+            SLURM_NTASKS="2",
+            SLURM_PROCID=str(rank),
+            SLURM_LOCALID=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            SWEEP_TEST_WRITE_LOG=str(write_log),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "benchmark", "run", *overrides],
+                env=child,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    runs = list((tmp_path / "runs").glob("sweepblobs/proxy_anchor/*/record.json"))
+    assert len(runs) == 1
+    record = json.loads(runs[0].read_text())
+    assert records.is_complete(record) and record["distributed"]["world_size"] == 2
+    assert 0 < record["metrics"]["test"]["recall@1"] <= 1 and record["splits"]["test"]["images"] == 160
+    writers = {line.split()[0] for line in write_log.read_text().splitlines()}
+    assert writers == {"0"}  # rank 1 wrote neither the record nor a checkpoint
+    assert "Run record:" in outputs[0] and "Run record:" not in outputs[1]
