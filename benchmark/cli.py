@@ -21,6 +21,8 @@ commands:
   sweep SPEC [--dry-run | --local [--max-parallel N]] [--sweep-dir DIR] [--allow-dirty]
                              submit a sweep (sweeps/*.yaml) to SLURM as a job array and return; --local runs it here
   status SWEEP_DIR [--json]  pending / running / done / failed per cell, with errors and log tails
+  leaderboard DIRS... [--out leaderboard/]
+                             gather run records into Markdown/LaTeX/CSV/HTML tables and figures
 """
 
 
@@ -47,16 +49,18 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from benchmark.prepare import prepare_dataset
+    from benchmark.prepare import format_report, prepare_dataset
 
     options = dict(item.split("=", 1) for item in args.overrides if "=" in item)
-    unknown = [k for k in options if k not in ("dataset", "dataset.root")] + [
+    unknown = [k for k in options if k not in ("dataset", "dataset.root", "dataset.strict")] + [
         item for item in args.overrides if "=" not in item]
     if unknown or "dataset" not in options or "dataset.root" not in options:
-        raise SystemExit("usage: python -m benchmark prepare dataset=NAME dataset.root=DIR "
+        raise SystemExit("usage: python -m benchmark prepare dataset=NAME dataset.root=DIR [dataset.strict=false] "
                          f"(got: {' '.join(args.overrides) or 'nothing'})")
-    report = prepare_dataset(options["dataset"], options["dataset.root"], download=not args.no_download)
-    print(json.dumps(report, indent=2, default=str))
+    strict = options.get("dataset.strict", "true").lower() not in ("false", "0", "no")
+    report = prepare_dataset(options["dataset"], options["dataset.root"], download=not args.no_download,
+                             strict=strict)
+    print(format_report(report))
     return 0 if report.get("ok") else 1
 
 
@@ -81,6 +85,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "sweep": (_cmd_sweep, "submit a sweep to SLURM (or run it here with --local)"),
     "status": (_cmd_status, "show the state of every cell of a sweep"),
 }
+
+
+#: Commands implemented by a module's own ``main(argv)``.
+PASSTHROUGH = {"leaderboard": "benchmark.leaderboard"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help=COMMANDS["status"][1])
     p.add_argument("sweep_dir", help="the sweep directory printed at submission")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    for name, module in PASSTHROUGH.items():
+        sub.add_parser(name, help=f"see python -m benchmark {name} --help ({module})", add_help=False)
     return parser
 
 
@@ -118,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:  # commands that parse their own arguments
+        module = __import__(PASSTHROUGH[argv[0]], fromlist=["main"])
+        return module.main(argv[1:])
     parser = build_parser()
     if not argv:
         parser.print_help()

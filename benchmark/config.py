@@ -114,20 +114,20 @@ _REGISTERED = False
 
 
 def register_configs() -> None:
-    """Store the schemas, one ``dataset`` option per card and every method's config in the ConfigStore (once)."""
+    """Store the schemas, one ``dataset`` option per card and every method's config in the ConfigStore."""
     global _REGISTERED
-    if _REGISTERED:
-        return
     from benchmark.data.base import list_cards
-    from benchmark.encoder import list_backbone_kinds
 
     cs = ConfigStore.instance()
-    cs.store(name="run", node=RunConfig)
-    for name in list_cards():
+    for name in list_cards():  # re-read each time: a card added to datasets/ is an option at once
         cs.store(group="dataset", name=name, node=DatasetConfig(name=name))
-    for kind in list_backbone_kinds():
-        if kind == "timm":
-            cs.store(group="backbone", name=kind, node=BackboneConfig(kind=kind))
+    if _REGISTERED:
+        return
+    from benchmark.encoder import list_backbone_kinds
+
+    cs.store(name="run", node=RunConfig)
+    cs.store(group="backbone", name="timm", node=BackboneConfig(kind="timm"))
+    list_backbone_kinds()  # imports benchmark.backbones.*, which store their own presets
     discover_methods()  # registers each method's dataclass under the "method" group
     _REGISTERED = True
 

@@ -39,7 +39,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         record["distributed"] = trainer.dist.describe()
     record["timings"]["total_s"] = time.time() - started
     records.write_json_atomic(trainer.run_dir / "record.json", record)
-    return record, trainer.run_dir
+    return records.read_record(trainer.run_dir), trainer.run_dir
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

@@ -108,13 +108,14 @@ class Trainer:
                         dataset=cfg.dataset.name, class_names=[self.splits.class_names[c] for c in train_classes],
                         card=self.splits.card)
         self.method: Method = self.method_cls(cfg.method, task).to(self.device)
-        self.train_step = distributed.wrap(self.encoder, self.method, self.dist, self.device)  # DDP if distributed
+        self.step_module = distributed.wrap(self.encoder, self.method, self.dist, self.device)  # DDP if distributed
         self._backbone_params = self.encoder.backbone_parameters()  # trainable ones (frozen BN excluded)
         self.train_set = ImageDataset(self.train_split, self.transforms.train, self.label_map)
         self.steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(self.train_split) // cfg.train.batch_size)
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # epochs completed
         self.step_in_epoch = 0
+        self.epoch_sums: dict[str, float] = {}  # running sums of the logged scalars within the current epoch
         self.best: dict[str, Any] = {"score": -math.inf, "epoch": None, "metrics": None}
         self.param_group_info: list[dict[str, Any]] = []
         self.optimizer = self._build_optimizer() if self.method_cls.trains else None
@@ -139,6 +140,7 @@ class Trainer:
                                 f"param_groups(): {missed[:5]}. Return them from param_groups().")
         for g in groups:
             g["lr"] = cfg.lr * g["lr_mult"]
+        self._optimised_params = [p for g in groups for p in g["params"]]
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
@@ -168,6 +170,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "history": self.history,
             "best": self.best,
+            "epoch_sums": self.epoch_sums,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }
 
@@ -195,6 +198,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.history, self.best = state["history"], state["best"]
+        self.epoch_sums = state.get("epoch_sums", {})
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
@@ -229,6 +233,29 @@ class Trainer:
                                    kmeans_restarts=e.kmeans_restarts, backend=e.backend)
 
     # ----------------------------------------------------------------- training
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """Forward, backward and (every ``grad_accum`` micro-batches) one optimiser and schedule step."""
+        cfg = self.cfg.train
+        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = self.step_module(images, labels)  # method.training_step(images, labels, encoder), DDP-wrapped
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"Loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}. Stopped; the "
+                f"last good checkpoint is kept in {self.run_dir / 'checkpoints'}. Lower train.lr or set "
+                "train.grad_clip."
+            )
+        (loss / cfg.grad_accum).backward()
+        self.step_in_epoch += 1
+        if self.step_in_epoch % cfg.grad_accum == 0 or self.step_in_epoch == self.steps_per_epoch:
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self._optimised_params, cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+        return out
+
     def train_epoch(self) -> dict[str, float]:
         cfg = self.cfg.train
         batches = epoch_batches(self.train_set.labels, cfg.batch_size, cfg.m_per_class, self.steps_per_epoch,
@@ -243,29 +270,14 @@ class Trainer:
             p.requires_grad_(not frozen)
         self.encoder.train()
         self.method.train()
-        sums: dict[str, float] = {}
-        count, images_seen, t0 = 0, 0, time.time()
+        if self.step_in_epoch == 0:  # else: resumed mid-epoch, keep the running sums from the checkpoint
+            self.epoch_sums = {}
+        sums = self.epoch_sums
+        count, images_seen, t0 = sums.pop("_count", 0), 0, time.time()
         progress = _progress(len(loader), f"epoch {self.epoch + 1}/{cfg.epochs}", cfg.progress)
         for images, labels in loader:
-            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                out = self.train_step(images, labels)
+            out = self.train_step(images, labels)
             loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"Loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}. Stopped; the "
-                    f"last good checkpoint is kept in {self.run_dir / 'checkpoints'}. Lower train.lr or set "
-                    "train.grad_clip."
-                )
-            (loss / cfg.grad_accum).backward()
-            self.step_in_epoch += 1
-            if self.step_in_epoch % cfg.grad_accum == 0 or self.step_in_epoch == self.steps_per_epoch:
-                if cfg.grad_clip:
-                    params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
             count += 1
             images_seen += len(labels)
             for key, value in out.items():
@@ -279,7 +291,9 @@ class Trainer:
                     self.writer.add_scalar(f"train/{key}", float(value), step)
             if distributed.any_rank(_STOP["requested"], self.dist, self.device):
                 progress.close()
+                sums["_count"] = count
                 self.save_checkpoint()
+                _STOP["requested"] = False  # handled: a later run in this process starts clean
                 raise StopRequested(f"Stop requested: checkpoint written at epoch {self.epoch + 1}, "
                                     f"step {self.step_in_epoch}.")
         progress.close()
