@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -196,10 +196,11 @@ class Prepared:
     sweep_dir: Path
     cells: list[Cell]
     complete: set[str]
+    active: set[str] = field(default_factory=set)  # queued or running from an earlier submission
 
     @property
     def pending(self) -> list[Cell]:
-        return [c for c in self.cells if c.cell_id not in self.complete]
+        return [c for c in self.cells if c.cell_id not in self.complete and c.cell_id not in self.active]
 
 
 def prepare(spec_path: str | Path, sweep_dir: str | Path | None = None) -> Prepared:
@@ -210,7 +211,12 @@ def prepare(spec_path: str | Path, sweep_dir: str | Path | None = None) -> Prepa
     cells = expand_cells(spec, out_dir)
     validate_cells(cells)
     complete = {c.cell_id for c in cells if records.is_complete(records.read_record(c.run_dir))}
-    return Prepared(spec, sweep_dir, cells, complete)
+    active: set[str] = set()
+    if (sweep_dir / MANIFEST).exists():  # never start a second job on a run that is queued or running
+        from benchmark.sweep_status import sweep_status
+
+        active = {r["cell"] for r in sweep_status(sweep_dir) if r["state"] in ("pending", "running")}
+    return Prepared(spec, sweep_dir, cells, complete, active - complete)
 
 
 def check_git(allow_dirty: bool) -> dict[str, Any]:
@@ -243,7 +249,13 @@ def dry_run(prepared: Prepared) -> str:
     ]
     width = max(len(c.cell_id) for c in prepared.cells)
     for cell in prepared.cells:
-        state = "complete (skipped)" if cell.cell_id in prepared.complete else "to submit"
+        state = (
+            "complete (skipped)"
+            if cell.cell_id in prepared.complete
+            else "queued/running (skipped)"
+            if cell.cell_id in prepared.active
+            else "to submit"
+        )
         lines.append(f"  {cell.index:3d}  {cell.cell_id:<{width}}  {state:<18}  {cell.run_dir}")
     for resources, group in _resource_groups(prepared.pending):
         lines += [
@@ -270,6 +282,7 @@ def submit(prepared: Prepared, allow_dirty: bool = False) -> dict[str, Any]:
         "git": git,
         "submitted": [],
         "skipped_complete": sorted(prepared.complete),
+        "skipped_active": sorted(prepared.active),
         "job_ids": [],
     }
     for resources, group in _resource_groups(prepared.pending):
@@ -299,8 +312,17 @@ def submit_single(overrides: list[str], cfg: Any) -> dict[str, Any]:
     from benchmark.cluster import resolve_resources
     from benchmark.sweep_spec import cell_run_dir
 
-    git = check_git(allow_dirty=True)
+    git = check_git(allow_dirty=True)  # a single run may come from a dirty tree; its record says so
     run_dir, _ = cell_run_dir(overrides)
+    if records.is_complete(records.read_record(run_dir)) and not cfg.force:
+        return {
+            "job_id": None,
+            "run_dir": str(run_dir),
+            "log_out": None,
+            "log_err": None,
+            "git": git,
+            "note": "already complete: nothing submitted (force=true trains it again)",
+        }
     resources = resolve_resources(cfg.cluster)
     executor = make_executor(Path(cfg.out_dir).resolve() / "slurm", resources, f"{cfg.method.name}-{cfg.dataset.name}")
     job = executor.submit(RunJob(overrides))
@@ -311,7 +333,9 @@ def submit_single(overrides: list[str], cfg: Any) -> dict[str, Any]:
         "log_err": str(job.paths.stderr),
         "git": git,
     }
-    records.write_json_atomic(run_dir.parent / f".{run_dir.name}.submitted.json", info)
+    records.write_json_atomic(
+        Path(cfg.out_dir).resolve() / "slurm" / f"{job.job_id}.submitted.json", {**info, "overrides": list(overrides)}
+    )
     return info
 
 
@@ -340,7 +364,10 @@ def main(
         print(format_status(rows, manifest["name"]))
         return 0 if all(r["state"] == "done" for r in rows) else 1
     if not prepared.pending:
-        print(f"All {len(prepared.cells)} cells of '{prepared.spec.name}' are complete; nothing to submit.")
+        print(
+            f"Nothing to submit: of {len(prepared.cells)} cells of '{prepared.spec.name}', "
+            f"{len(prepared.complete)} are complete and {len(prepared.active)} queued or running."
+        )
         return 0
     manifest = submit(prepared, allow_dirty=allow_dirty)
     last = manifest["submissions"][-1]

@@ -44,6 +44,7 @@ def run_local(
         "max_parallel": max_parallel,
         "submitted": [c.cell_id for c in prepared.pending],
         "skipped_complete": sorted(prepared.complete),
+        "skipped_active": sorted(prepared.active),
     }
     manifest["submissions"].append(submission)
     write_manifest(sweep_dir, manifest)

@@ -146,7 +146,7 @@ def reference_run(overrides: list[str]) -> tuple[dict, Path]:
 
 
 def test_slurm_sweep_submit_status_failure_preemption_resubmit(env, tmp_path, monkeypatch):
-    from benchmark.sweep import main, read_manifest
+    from benchmark.sweep import main, prepare, read_manifest
     from benchmark.sweep_status import sweep_status
 
     monkeypatch.setenv("SWEEP_TEST_FAIL_SEED", "2")  # seed 2 raises in its first epoch
@@ -203,6 +203,10 @@ def test_slurm_sweep_submit_status_failure_preemption_resubmit(env, tmp_path, mo
     new_array = jobs[1][-1]["job_id"]
     assert new_array != array and "--array" not in (env["state"] / "scripts" / f"{new_array}.sh").read_text()
     assert [r["state"] for r in sweep_status(sweep_dir)] == ["done", "pending"]
+    # Submitted once more while that job is queued: nothing is submitted twice.
+    assert main(str(spec), sweep_dir=str(sweep_dir), allow_dirty=True) == 0
+    assert len(read_manifest(sweep_dir)["submissions"]) == 2
+    assert prepare(spec, sweep_dir).active == {"method=proxy_anchor,dataset=sweepblobs,seed=2"}
 
 
 def test_single_run_with_slurm_launcher_submits_outside_and_runs_inside_an_allocation(
@@ -237,6 +241,11 @@ def test_single_run_with_slurm_launcher_submits_outside_and_runs_inside_an_alloc
         torch.set_num_threads(threads)
     assert records.is_complete(records.read_record(info["run_dir"]))
     assert set(scripts.iterdir()) - before - {scripts / f"{info['job_id']}.sh"} == set()
+    capsys.readouterr()
+    monkeypatch.delenv("SLURM_JOB_ID")  # submitting the complete run again submits nothing
+    assert main(overrides, as_json=True) == 0
+    assert json.loads(capsys.readouterr().out)["job_id"] is None
+    assert set(scripts.iterdir()) - before == {scripts / f"{info['job_id']}.sh"}
 
 
 def test_smoke_sweep_runs_locally_end_to_end(env, tmp_path):
