@@ -56,8 +56,13 @@ def main(overrides: list[str], as_json: bool = False) -> int:
             from benchmark.sweep import submit_single
 
             info = submit_single(overrides, cfg)
-            print(json.dumps(info, indent=2) if as_json else f"Submitted SLURM job {info['job_id']}; run directory "
-                  f"{info['run_dir']}; log {info['log_out']}. Starting it again resumes or skips it.")
+            if as_json:
+                print(json.dumps(info, indent=2))
+            elif info["job_id"] is None:
+                print(f"{info['run_dir']} is {info['note']}.")
+            else:
+                print(f"Submitted SLURM job {info['job_id']}; run directory {info['run_dir']}; log {info['log_out']}."
+                      " Submitting it again resumes it, or skips it once complete.")
             return 0
     record, run_dir = run(cfg)
     if record is None:  # a rank other than 0 of a data-parallel run
