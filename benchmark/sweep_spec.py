@@ -8,6 +8,7 @@ A spec::
     resources: {gpus: 1, time_min: 720}  # on top of the profile
     out_dir: null                      # where the runs go (default: <sweep dir>/runs)
     overrides: [backbone.name=vit_small_patch16_224]   # every cell
+    use_recommended: false             # true: each method's ``recommended`` settings come after ``overrides``
     grid:                              # a mapping (one cartesian product) or a list of them (their union)
       method: [pretrained, proxy_anchor]
       dataset: [cub, cars]
@@ -19,8 +20,9 @@ A spec::
     exclude:                           # cells dropped from the grid
       - {method: pretrained, seed: [1, 2]}
 
-Each cell is one ``python -m benchmark run`` with the spec's overrides, the matching rules' overrides and its
-grid values (in that order; a later value of the same key wins).
+Each cell is one ``python -m benchmark run`` with the spec's overrides, its method's ``recommended`` settings (with
+``use_recommended: true``), the matching rules' overrides and its grid values (in that order; a later value of the
+same key wins).
 """
 
 from __future__ import annotations
@@ -36,7 +38,18 @@ import yaml
 from benchmark.cluster import check_resources, resolve_resources
 from benchmark.records import REPO_ROOT
 
-SPEC_KEYS = {"name", "description", "cluster", "resources", "out_dir", "overrides", "grid", "rules", "exclude"}
+SPEC_KEYS = {
+    "name",
+    "description",
+    "cluster",
+    "resources",
+    "out_dir",
+    "overrides",
+    "use_recommended",
+    "grid",
+    "rules",
+    "exclude",
+}
 SWEEPS_DIR = REPO_ROOT / "sweeps"
 
 
@@ -128,6 +141,14 @@ def _matches(match: dict[str, Any], assign: dict[str, Any]) -> bool:
     return True
 
 
+def _recommended(method: Any) -> list[str]:
+    """A method's own recommended engine settings (its class attribute ``recommended``) as overrides."""
+    from benchmark.registry import list_methods
+
+    cls = list_methods().get(str(method))  # an unknown method is reported when the cell is validated
+    return [f"{k}={format_value(v)}" for k, v in (getattr(cls, "recommended", None) or {}).items()]
+
+
 def _dedupe(overrides: list[str]) -> list[str]:
     """Keep the last value given for each key (Hydra refuses the same group choice twice)."""
     last: dict[str, str] = {}
@@ -151,6 +172,8 @@ def expand_cells(spec: Spec, out_dir: str | Path) -> list[Cell]:
             if any(_matches(ex, assign) for ex in data.get("exclude") or []):
                 continue
             overrides = [str(o) for o in data.get("overrides") or []]
+            if data.get("use_recommended"):
+                overrides += _recommended(assign.get("method"))
             rule_resources = []
             for rule in data.get("rules") or []:
                 if _matches(rule["match"], assign):

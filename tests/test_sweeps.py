@@ -288,12 +288,19 @@ PAPER_CELLS = {
 def test_shipped_specs_expand_and_their_available_cells_compose(env, tmp_path, name):
     from benchmark.data.base import list_cards
     from benchmark.registry import list_methods
-    from benchmark.sweep_spec import expand_cells, load_spec, validate_cells
+    from benchmark.sweep_spec import expand_cells, format_value, load_spec, validate_cells
 
     spec = load_spec(name)
     cells = expand_cells(spec, tmp_path / "runs")
     if name in PAPER_CELLS:
         assert len(cells) == PAPER_CELLS[name]
+    if name == "zoo":  # each method's own recipe comes after the common settings, before the grid values
+        from benchmark.registry import list_methods
+
+        for cell in cells:
+            recipe = getattr(list_methods().get(cell.assign["method"]), "recommended", None) or {}
+            for key, value in recipe.items():
+                assert f"{key}={format_value(value)}" in cell.overrides
     methods, cards = set(list_methods()), set(list_cards())
     if name == "smoke":  # the smoke spec is validated whole (on the test dataset while 'attributes' is absent)
         assert {c.assign["method"] for c in cells} <= methods
