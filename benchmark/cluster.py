@@ -3,7 +3,8 @@ job's view of its allocation (rank, world size).
 
 Profiles live in ``sweeps/clusters.yaml`` (or the file named by ``$BENCHMARK_CLUSTERS``). A profile is a set of
 resources; a sweep spec or a single run picks one (``cluster: NAME`` / ``cluster=NAME``) and may override any field.
-Submission itself goes through submitit's :class:`~submitit.SlurmExecutor`; this module only translates.
+Submission itself goes through submitit's :class:`~submitit.SlurmExecutor`; this module only translates (ranks inside
+a job are read by :mod:`benchmark.distributed`).
 """
 
 from __future__ import annotations
@@ -159,9 +160,3 @@ def make_executor(folder: Path, resources: dict[str, Any], job_name: str):
 def in_slurm_allocation() -> bool:
     """Whether this process runs inside a SLURM job (a batch script, ``srun`` or ``salloc``)."""
     return bool(os.environ.get("SLURM_JOB_ID"))
-
-
-def slurm_world() -> tuple[int, int, int]:
-    """(rank, local rank, world size) from SLURM's variables (0, 0, 1 outside a job step)."""
-    env = os.environ
-    return (int(env.get("SLURM_PROCID", 0)), int(env.get("SLURM_LOCALID", 0)), int(env.get("SLURM_NTASKS", 1)))
