@@ -1,5 +1,5 @@
-"""Everything the suite knows about SLURM, in one place: cluster profiles, resources → sbatch parameters, and the
-job's view of its allocation (rank, world size).
+"""Everything the suite knows about SLURM, in one place: cluster profiles, resources → sbatch parameters, and
+whether this process runs inside a job.
 
 Profiles live in ``sweeps/clusters.yaml`` (or the file named by ``$BENCHMARK_CLUSTERS``). A profile is a set of
 resources; a sweep spec or a single run picks one (``cluster: NAME`` / ``cluster=NAME``) and may override any field.
