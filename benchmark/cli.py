@@ -18,6 +18,9 @@ commands:
   score FILE.npz [--json]    the protocol's metrics for any embeddings (arrays 'embeddings' N×D, 'labels' N)
   prepare dataset=X dataset.root=DIR
                              fetch (where a public URL exists), verify and validate a dataset copy
+  sweep SPEC [--dry-run | --local [--max-parallel N]] [--sweep-dir DIR] [--allow-dirty]
+                             submit a sweep (sweeps/*.yaml) to SLURM as a job array and return; --local runs it here
+  status SWEEP_DIR [--json]  pending / running / done / failed per cell, with errors and log tails
   leaderboard DIRS... [--out leaderboard/]
                              gather run records into Markdown/LaTeX/CSV/HTML tables and figures
 """
@@ -61,11 +64,26 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0 if report.get("ok") else 1
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmark.sweep import main as sweep_main
+
+    return sweep_main(args.spec, sweep_dir=args.sweep_dir, dry=args.dry_run, local=args.local,
+                      max_parallel=args.max_parallel, allow_dirty=args.allow_dirty)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from benchmark.sweep_status import main as status_main
+
+    return status_main(args.sweep_dir, as_json=args.json)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "run": (_cmd_run, "train and evaluate one run"),
     "list": (_cmd_list, "list methods, datasets and backbones"),
     "score": (_cmd_score, "score an .npz of embeddings and labels"),
     "prepare": (_cmd_prepare, "fetch, verify and validate a dataset"),
+    "sweep": (_cmd_sweep, "submit a sweep to SLURM (or run it here with --local)"),
+    "status": (_cmd_status, "show the state of every cell of a sweep"),
 }
 
 
@@ -88,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help=COMMANDS["prepare"][1])
     p.add_argument("overrides", nargs="*", help="dataset=NAME dataset.root=DIR")
     p.add_argument("--no-download", action="store_true", help="only validate the copy already in dataset.root")
+    p = sub.add_parser("sweep", help=COMMANDS["sweep"][1])
+    p.add_argument("spec", help="a sweep spec: a path or the name of one in sweeps/ (e.g. smoke, paper_table1)")
+    p.add_argument("--dry-run", action="store_true", help="show the cells and the sbatch script; submit nothing")
+    p.add_argument("--local", action="store_true", help="run the cells on this machine instead of SLURM")
+    p.add_argument("--max-parallel", type=int, default=2, help="--local: runs at once (default 2)")
+    p.add_argument("--sweep-dir", help="where the manifest, logs and runs go (default runs/sweeps/<spec name>)")
+    p.add_argument("--allow-dirty", action="store_true", help="submit from a checkout with uncommitted changes")
+    p = sub.add_parser("status", help=COMMANDS["status"][1])
+    p.add_argument("sweep_dir", help="the sweep directory printed at submission")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     for name, module in PASSTHROUGH.items():
         sub.add_parser(name, help=f"see python -m benchmark {name} --help ({module})", add_help=False)
     return parser
@@ -118,10 +146,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message is the whole story for a user (no traceback)."""
+    from benchmark.cluster import ClusterError
     from benchmark.encoder import BackboneWeightsError
+    from benchmark.sweep import DirtyTreeError
+    from benchmark.sweep_spec import SpecError
     from benchmark.trainer import TrainingError
 
-    errors: list[type[BaseException]] = [BackboneWeightsError, TrainingError]
+    errors: list[type[BaseException]] = [BackboneWeightsError, TrainingError, ClusterError, DirtyTreeError, SpecError]
     try:
         from benchmark.evaluation import ScoreInputError
 

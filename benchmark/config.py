@@ -100,11 +100,13 @@ class RunConfig:
     out_dir: str = "runs"
     run_name: str | None = None  # None: derived from method, dataset, config hash and seed (so reruns resume)
     force: bool = False  # retrain a run whose record is complete (the old directory is kept aside)
+    launcher: str = "local"  # local: run here | slurm: submit this run to SLURM and return (runs here inside a job)
+    cluster: str | None = None  # launcher=slurm: a profile in sweeps/clusters.yaml (None: its default profile)
 
 
 #: Config fields that do not change a run's result (excluded from the config hash that names the run).
 NON_RESULT_KEYS = (
-    "seed", "out_dir", "run_name", "force", "device",
+    "seed", "out_dir", "run_name", "force", "device", "launcher", "cluster",
     "data.num_workers", "train.tensorboard", "train.log_every", "train.progress", "eval.batch_size", "eval.backend",
 )
 
@@ -192,6 +194,7 @@ def _validate(cfg: DictConfig) -> None:
         "data.transform": (cfg.data.transform, ("classic", "saga", "hypvit")),
         "train.precision": (cfg.train.precision, ("auto", "fp32", "bf16")),
         "eval.backend": (cfg.eval.backend, ("auto", "faiss", "torch")),
+        "launcher": (cfg.launcher, ("local", "slurm")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

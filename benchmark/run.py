@@ -38,6 +38,10 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         print(f"force=true: the finished run was moved to {moved}")
         trainer = Trainer(cfg)
     record = trainer.fit()
+    if not trainer.dist.is_main:  # another rank of a data-parallel run: rank 0 writes the record
+        return record, trainer.run_dir
+    if trainer.dist.enabled:
+        record["distributed"] = trainer.dist.describe()
     record["timings"]["total_s"] = time.time() - started
     records.write_json_atomic(trainer.run_dir / "record.json", record)
     return records.read_record(trainer.run_dir), trainer.run_dir
@@ -50,7 +54,24 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 def main(overrides: list[str], as_json: bool = False) -> int:
     cfg = compose_config(overrides)
+    if cfg.launcher == "slurm":
+        from benchmark.cluster import in_slurm_allocation
+
+        if not in_slurm_allocation():  # inside a job (sbatch script, srun) the run simply runs here
+            from benchmark.sweep import submit_single
+
+            info = submit_single(overrides, cfg)
+            if as_json:
+                print(json.dumps(info, indent=2))
+            elif info["job_id"] is None:
+                print(f"{info['run_dir']} is {info['note']}.")
+            else:
+                print(f"Submitted SLURM job {info['job_id']}; run directory {info['run_dir']}; log {info['log_out']}."
+                      " Submitting it again resumes it, or skips it once complete.")
+            return 0
     record, run_dir = run(cfg)
+    if record is None:  # a rank other than 0 of a data-parallel run
+        return 0
     if as_json:
         print(json.dumps({"record": str(run_dir / "record.json"), **record["metrics"]}, indent=2))
         return 0

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark import records
+from benchmark import distributed, records
 from benchmark.config import config_hash, to_container
 from benchmark.data.base import DatasetSplits, carve_validation, load_dataset, load_split_file
 from benchmark.encoder import Encoder
@@ -100,7 +100,7 @@ class Trainer:
         )
         resolve_card_defaults(cfg, self.splits.card)
         self.run_dir = run_directory(cfg)
-        self.device = resolve_device(cfg.device)
+        self.dist, self.device = distributed.init(resolve_device(cfg.device))  # one rank of several, or alone
         self.autocast = self.device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
         if cfg.train.precision == "bf16" and self.device.type == "cpu":
             self.autocast = True
@@ -119,6 +119,7 @@ class Trainer:
                         dataset=cfg.dataset.name, class_names=[self.splits.class_names[c] for c in train_classes],
                         card=self.splits.card)
         self.method: Method = self.method_cls(cfg.method, task).to(self.device)
+        self.step_module = distributed.wrap(self.encoder, self.method, self.dist, self.device)  # DDP if distributed
         self._backbone_params = self.encoder.backbone_parameters()  # trainable ones (frozen BN excluded)
         self.train_set = ImageDataset(self.train_split, self.transforms.train, self.label_map)
         self.steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(self.train_split) // cfg.train.batch_size)
@@ -186,6 +187,8 @@ class Trainer:
 
     def save_checkpoint(self, name: str = "last.pt") -> Path:
         path = self.run_dir / "checkpoints" / name
+        if not self.dist.is_main:  # rank 0 writes; the ranks hold the same state
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(self._state(), tmp)
@@ -215,6 +218,9 @@ class Trainer:
     @torch.no_grad()
     def embed(self, split) -> tuple[np.ndarray, np.ndarray]:
         dataset = ImageDataset(split, self.transforms.test)
+        shard = distributed.shard_indices(len(dataset), self.dist)  # each rank embeds its share
+        if self.dist.enabled:
+            dataset = torch.utils.data.Subset(dataset, shard.tolist())
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.cfg.eval.batch_size, shuffle=False,
                                              num_workers=self.cfg.data.num_workers)
         self.encoder.eval()
@@ -225,7 +231,9 @@ class Trainer:
                 z = self.method.embed(images.to(self.device, non_blocking=True), self.encoder)
             chunks.append(z.float().cpu().numpy())
             labels.append(y.numpy())
-        return np.concatenate(chunks), np.concatenate(labels)
+        n = len(split)
+        return (distributed.gather_in_order(np.concatenate(chunks), shard, n, self.dist),
+                distributed.gather_in_order(np.concatenate(labels), shard, n, self.dist))
 
     def evaluate(self, split) -> dict[str, float]:
         from benchmark.evaluation import evaluate_embeddings
@@ -241,7 +249,7 @@ class Trainer:
         cfg = self.cfg.train
         images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.method.training_step(images, labels, self.encoder)
+            out = self.step_module(images, labels)  # method.training_step(images, labels, encoder), DDP-wrapped
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise TrainingError(
@@ -263,6 +271,7 @@ class Trainer:
         cfg = self.cfg.train
         batches = epoch_batches(self.train_set.labels, cfg.batch_size, cfg.m_per_class, self.steps_per_epoch,
                                 self.cfg.seed, self.epoch)
+        batches = [distributed.rank_slice(b, self.dist, cfg.m_per_class) for b in batches]
         loader = torch.utils.data.DataLoader(
             self.train_set, batch_sampler=ListBatchSampler(batches, self.step_in_epoch),
             num_workers=self.cfg.data.num_workers, persistent_workers=False,
@@ -291,7 +300,7 @@ class Trainer:
                 step = self.epoch * self.steps_per_epoch + self.step_in_epoch
                 for key, value in out.items():
                     self.writer.add_scalar(f"train/{key}", float(value), step)
-            if _STOP["requested"]:
+            if distributed.any_rank(_STOP["requested"], self.dist, self.device):
                 progress.close()
                 sums["_count"] = count
                 self.save_checkpoint()
@@ -308,13 +317,13 @@ class Trainer:
         """Train (resuming if a checkpoint exists), select, evaluate on test, and return the final record."""
         from benchmark.runrecord import RecordWriter
 
-        recorder = RecordWriter(self)
+        recorder = RecordWriter(self) if self.dist.is_main else distributed.NoRecord()
         checkpoint = self.run_dir / "checkpoints" / "last.pt"
         if checkpoint.exists():
             self.load_checkpoint(checkpoint)
             print(f"Resuming {self.run_dir} from epoch {self.epoch} step {self.step_in_epoch}.")
         recorder.write(status="running")
-        if self.cfg.train.tensorboard:
+        if self.cfg.train.tensorboard and self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
@@ -350,6 +359,7 @@ class Trainer:
         t0 = time.time()
         selected_epoch = self.epoch
         if ecfg.selection in ("val", "test") and self.best["epoch"] is not None:
+            distributed.barrier(self.dist)  # rank 0 has written best.pt
             best = torch.load(self.run_dir / "checkpoints" / "best.pt", map_location=self.device, weights_only=False)
             self.encoder.load_state_dict(best["encoder"])
             self.method.load_state_dict(best["method"])

@@ -1,0 +1,134 @@
+"""``python -m benchmark status SWEEP_DIR``: pending / running / done / failed for every cell of a sweep.
+
+A cell is *done* only when its run record is complete (:func:`benchmark.records.is_complete`), whatever the
+scheduler says: a job SLURM calls COMPLETED whose record is not complete is reported as failed. The scheduler's
+state (``sacct``, or the local runner's process table) tells pending and running apart; a failed cell shows the
+error from its record (or its job's end state) and the tail of its log.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from benchmark import records
+from benchmark.sweep import read_manifest
+
+PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "CONFIGURING"}
+RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
+TAIL_LINES = 15
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM states by job id (``ARRAY_TASK`` form for arrays) from ``sacct``; empty where it cannot say."""
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    command = ["sacct", "-o", "JobID,State,NodeList", "--parsable2"]
+    for main_id in sorted({j.split("_")[0] for j in job_ids}):
+        command += ["-j", main_id]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    info = SlurmInfoWatcher(delay_s=0).read_info(out)  # submitit's parser (array ranges included)
+    return {job_id: stats.get("State", "UNKNOWN").split()[0] for job_id, stats in info.items()}
+
+
+def log_tail(path: str | None, lines: int = TAIL_LINES) -> str:
+    if not path or not Path(path).exists():
+        return ""
+    text = Path(path).read_text(errors="replace").replace("\r", "\n")
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+def _cell_state(entry: dict[str, Any], sacct: dict[str, str]) -> dict[str, Any]:
+    from benchmark.sweep_local import pid_alive
+
+    record = records.read_record(entry["run_dir"])
+    job = entry["jobs"][-1] if entry.get("jobs") else None
+    row: dict[str, Any] = {
+        "run_dir": entry["run_dir"],
+        "job_id": job and job["job_id"],
+        "error": None,
+        "log": None,
+        "scheduler": None,
+    }
+    if records.is_complete(record):
+        row["state"] = "done"
+        row["test"] = record["metrics"]["test"]
+        return row
+    if job is None:
+        row["state"] = "not submitted"
+        return row
+    if job["mode"] == "local":
+        alive = job.get("returncode") is None and pid_alive(job.get("pid"))
+        code = job.get("returncode")
+        scheduler = "RUNNING" if alive else (f"EXITED {code}" if code is not None else "LOST")
+    else:
+        scheduler = sacct.get(job["job_id"], "UNKNOWN")
+    row["scheduler"] = scheduler
+    if scheduler in PENDING_STATES:
+        row["state"] = "pending"
+    elif scheduler in RUNNING_STATES:
+        row["state"] = "running"
+    elif record and record.get("status") == "failed":
+        row["state"], row["error"] = "failed", record.get("error")
+    elif scheduler == "UNKNOWN":
+        row["state"] = "unknown"
+        row["error"] = "the scheduler has no information on this job (sacct unavailable or job purged)"
+    else:  # the job ended (even COMPLETED) without a complete record
+        row["state"] = "failed"
+        row["error"] = f"job {job['job_id']} ended ({scheduler}) without a complete run record"
+    if row["state"] == "failed":
+        row["log"] = log_tail(job.get("log_err")) or log_tail(job.get("log_out"))
+        if row["error"] and "without a complete run record" in row["error"] and row["log"]:
+            row["error"] += ": " + row["log"].splitlines()[-1]
+    return row
+
+
+def sweep_status(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per cell: ``cell``, ``state`` (done | pending | running | failed | not submitted | unknown),
+    ``job_id``, ``run_dir``, ``error`` and ``log`` (tail) for failed cells, ``test`` metrics for done cells."""
+    manifest = read_manifest(sweep_dir)
+    cells = manifest["cells"]
+    slurm_ids = [e["jobs"][-1]["job_id"] for e in cells.values() if e.get("jobs") and e["jobs"][-1]["mode"] == "slurm"]
+    sacct = sacct_states(slurm_ids)
+    rows = []
+    for cell_id, entry in sorted(cells.items(), key=lambda kv: kv[1].get("index", 0)):
+        rows.append({"cell": cell_id, **_cell_state(entry, sacct)})
+    return rows
+
+
+def format_status(rows: list[dict[str, Any]], name: str = "") -> str:
+    """A table of the cells, a count per state, and the error and log tail of each failed cell."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    width = max((len(r["cell"]) for r in rows), default=4)
+    lines = [f"Sweep {name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), ""]
+    for row in rows:
+        r1 = f"R@1 {100 * row['test']['recall@1']:.2f}" if row.get("test") else ""
+        lines.append(f"  {row['cell']:<{width}}  {row['state']:<13} {row['job_id'] or '-':<16} {r1}")
+    for row in rows:
+        if row["state"] == "failed":
+            lines += [
+                "",
+                f"FAILED {row['cell']} (job {row['job_id']}, run dir {row['run_dir']})",
+                f"  error: {row['error']}",
+            ]
+            if row["log"]:
+                lines += ["  log tail:"] + [f"    {line}" for line in row["log"].splitlines()]
+    return "\n".join(lines)
+
+
+def main(sweep_dir: str, as_json: bool = False) -> int:
+    """The ``status`` command; exit status 1 when a cell failed."""
+    import json
+
+    rows = sweep_status(sweep_dir)
+    print(json.dumps(rows, indent=2) if as_json else format_status(rows, read_manifest(sweep_dir)["name"]))
+    return 1 if any(r["state"] == "failed" for r in rows) else 0
