@@ -337,3 +337,20 @@ def test_config_errors_are_explicit():
         _method(enc, generic_prompt=True)
     generic = _method(enc, generic_prompt=True, use_kl=False)
     assert "color, shape" not in generic.prompt
+
+
+def test_external_timm_encoder_with_a_trainable_projector():
+    cfg = {"kind": "timm", "name": "vit_tiny_patch16_224", "pooling": "mean", "embedding_dim": 0, "freeze_bn": False}
+    enc = Encoder(OmegaConf.create({**cfg, "pretrained": False, "checkpoint": None}))
+    cls = get_method("saga")
+    base = dict(metric_loss="multi_similarity", embedding_dim=32, group_size=4, num_pairs=1, pairs_per_batch=2)
+    base |= dict(max_new_tokens=160, rollout_constraint="json_skeleton", supervisor=mllm.TINY_NAME, use_kl=False)
+    method = cls(OmegaConf.structured(cls.config_class(**base)), TaskInfo(4, enc.embedding_dim, "toy", card=CARD))
+    assert [g.name for g in method.param_groups()] == ["saga_pooler", "projector"]
+    images, labels = _batch()
+    out = method.training_step(images, labels, enc)
+    assert out["pairs_contributing"] == 1
+    out["loss"].backward()
+    assert method.projector.weight.grad is not None and method.projector.weight.grad.abs().sum() > 0
+    assert enc.backbone.model.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert method.embed(images, enc).shape == (8, 32)
