@@ -145,6 +145,9 @@ class Encoder(nn.Module):
         if cfg.pooling not in POOLINGS:
             raise UnknownNameError(suggest(cfg.pooling, POOLINGS, "pooling"))
         built = _BACKBONES[cfg.kind](cfg)
+        if cfg.pooling == "cls" and built.num_prefix_tokens == 0:
+            raise ValueError(f"backbone.pooling=cls needs a backbone with a CLS token (e.g. a ViT); '{cfg.name}' "
+                             "has none. Use backbone.pooling=mean.")
         self.backbone = built.module
         self.info = built
         self.pooling = cfg.pooling
@@ -173,8 +176,6 @@ class Encoder(nn.Module):
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pool B×N×C tokens to B×C with the configured pooling (CLS uses the first prefix token)."""
         if self.pooling == "cls":
-            if self.num_prefix_tokens == 0:
-                raise ValueError("backbone.pooling=cls needs a backbone with a CLS token (e.g. a ViT); use mean.")
             return tokens[:, 0]
         patches = tokens[:, self.num_prefix_tokens :]
         if self.pooling == "mean":

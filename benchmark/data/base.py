@@ -194,8 +194,12 @@ def carve_validation(train: SplitData, fraction: float) -> tuple[SplitData, Spli
     n_val = int(round(len(classes) * fraction))
     if fraction > 0 and n_val == 0:
         n_val = 1
-    if n_val >= len(classes):
-        raise DatasetError(f"Cannot carve {n_val} validation classes from {len(classes)} training classes.")
+    if n_val < 2 or n_val >= len(classes) - 1:
+        raise DatasetError(
+            f"dataset.val_fraction={fraction} gives {n_val} validation classes out of {len(classes)} training "
+            "classes; class-disjoint selection needs at least 2 validation classes and 2 training classes. "
+            "Change dataset.val_fraction, or select the last epoch with eval.selection=last."
+        )
     val_classes = classes[len(classes) - n_val :]
     is_val = np.isin(train.labels, val_classes)
     return train.subset(~is_val), train.subset(is_val)

@@ -1,0 +1,175 @@
+"""Exact, chunked k-nearest-neighbour retrieval with a deterministic tie rule (private helper of the evaluator).
+
+Every sample is a query against all the others. Neighbours are ordered by decreasing cosine similarity (inner
+product of L2-normalised float32 embeddings, as computed by the backend) with ties broken by ascending index, and
+the query itself is removed by its index, never by dropping rank 0.
+
+faiss does not follow that tie rule (it returns tied items by *descending* index, also at the retrieval
+boundary), and neither does ``torch.topk``. No library offers the rule, so it is enforced here by hand:
+
+1. retrieve ``k_needed + 2`` neighbours (the query itself plus one extra to see past the boundary);
+2. remove the query by index (if a tie pushed it out of the list, drop the last neighbour instead);
+3. re-sort rows that contain equal scores by (decreasing score, ascending index);
+4. a row whose score at its needed depth equals its last retrieved score may have tied items that were not
+   retrieved (with lower indices than retrieved ones): recompute such rows from their full similarity row with a
+   stable sort. Otherwise every unretrieved item scores strictly lower, so the retrieved prefix is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: Largest k that faiss' GPU flat index can select (faiss/gpu/utils/DeviceDefs.cuh: GPU_MAX_SELECTION_K).
+FAISS_GPU_MAX_K = 2048
+#: Budget (in elements) for one chunk's full similarity block (torch backend, recomputed rows): 2**26 float32 =
+#: 256 MiB, which keeps N=100k, D=512 well under 4 GB of resident memory.
+SIM_BLOCK_ELEMENTS = 2**26
+#: Budget (in elements) for one chunk's neighbour arrays (scores + indices + per-query metric work).
+NEIGHBOUR_BLOCK_ELEMENTS = 2**24
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation in float32; an all-zero row stays zero (like ``torch.nn.functional.normalize``)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
+
+
+@dataclass
+class SearchPlan:
+    """How one evaluation retrieves: the resolved backend, device, neighbour depth and chunk size."""
+
+    backend: str  # "faiss" or "torch"
+    device: str  # "cpu" or "cuda:<i>"
+    k_needed: int  # neighbours per query after removing the query itself
+    k_search: int  # neighbours asked from the index (k_needed + 2, at most N)
+    chunk: int  # queries per chunk
+
+
+def resolve_device(backend: str, device: str | torch.device | None) -> str:
+    """``None`` means: a GPU when the backend can use one, else the CPU."""
+    if device is not None:
+        device = str(torch.device(device))
+        if device == "cuda":
+            device = "cuda:0"
+        return device
+    if backend == "faiss":
+        import faiss
+
+        return "cuda:0" if faiss.get_num_gpus() > 0 else "cpu"
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def make_plan(n: int, k_needed: int, backend: str, device: str, query_chunk: int) -> SearchPlan:
+    """Choose the search depth and a chunk size that bounds memory (results do not depend on the chunk size)."""
+    k_search = min(k_needed + 2, n)
+    chunk = max(1, min(query_chunk, NEIGHBOUR_BLOCK_ELEMENTS // k_search))
+    if backend == "torch":
+        chunk = max(1, min(chunk, SIM_BLOCK_ELEMENTS // n))
+    return SearchPlan(backend, device, k_needed, k_search, chunk)
+
+
+def iter_neighbours(x: np.ndarray, depth: np.ndarray, plan: SearchPlan) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(start, stop, idx)`` per query chunk; ``idx[i, :depth[q]]`` are query ``q = start + i``'s exact
+    nearest neighbours under the tie rule (``idx`` has ``plan.k_needed`` columns; beyond ``depth[q]`` a column is
+    correct up to the order of items tied across the boundary).
+
+    ``x``: L2-normalised float32 ``N×D``; ``depth``: per-query needed depth, ``1 <= depth <= plan.k_needed``.
+    """
+    n = len(x)
+    if plan.backend == "faiss":
+        search, full_rows = _faiss_search_fns(x, plan)
+    elif plan.backend == "torch":
+        search, full_rows = _torch_search_fns(x, plan)
+    else:  # pragma: no cover - validated by the caller
+        raise ValueError(plan.backend)
+    for start in range(0, n, plan.chunk):
+        stop = min(start + plan.chunk, n)
+        scores, idx = search(start, stop)
+        idx = _finalise(scores, idx, start, depth[start:stop], plan.k_needed, n, full_rows)
+        yield start, stop, idx
+
+
+def _faiss_search_fns(x: np.ndarray, plan: SearchPlan):
+    import faiss
+
+    cpu_index = faiss.IndexFlatIP(x.shape[1])
+    cpu_index.add(x)
+    index = cpu_index
+    if plan.device.startswith("cuda") and faiss.get_num_gpus() > 0 and plan.k_search <= FAISS_GPU_MAX_K:
+        resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(resources, torch.device(plan.device).index or 0, cpu_index)
+        index.referenced_resources = resources  # keep the GPU memory pool alive as long as the index
+
+    def search(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        return index.search(x[start:stop], plan.k_search)
+
+    def full_rows(rows: np.ndarray) -> np.ndarray:
+        return x[rows] @ x.T
+
+    return search, full_rows
+
+
+def _torch_search_fns(x: np.ndarray, plan: SearchPlan):
+    xt = torch.from_numpy(x).to(plan.device)
+    cache: dict[str, torch.Tensor] = {}
+
+    def search(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            sim = xt[start:stop] @ xt.T
+            cache["sim"], cache["start"] = sim, start
+            scores, idx = torch.topk(sim, plan.k_search, dim=1, largest=True, sorted=True)
+        return scores.cpu().numpy(), idx.cpu().numpy()
+
+    def full_rows(rows: np.ndarray) -> np.ndarray:
+        # The rows of the chunk being finalised: reuse the similarity block already computed.
+        local = torch.as_tensor(rows - cache["start"], device=cache["sim"].device)
+        return cache["sim"][local].cpu().numpy()
+
+    return search, full_rows
+
+
+def _finalise(
+    scores: np.ndarray,
+    idx: np.ndarray,
+    start: int,
+    depth: np.ndarray,
+    k_needed: int,
+    n: int,
+    full_rows: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Steps 2-4 of the module docstring, vectorised over the chunk."""
+    c, k_search = idx.shape
+    qids = np.arange(start, start + c)
+    # 2. remove the query by index; if a tie pushed it out of the list, drop the last (lowest-ranked) neighbour.
+    drop = idx == qids[:, None]
+    drop[~drop.any(axis=1), -1] = True
+    keep = ~drop
+    idx = idx[keep].reshape(c, k_search - 1)
+    scores = scores[keep].reshape(c, k_search - 1)
+    # 3. ties inside the retrieved list: order by (decreasing score, ascending index).
+    tied = np.flatnonzero((scores[:, 1:] == scores[:, :-1]).any(axis=1))
+    if len(tied):
+        order = np.lexsort((idx[tied], -scores[tied]), axis=-1)
+        idx[tied] = np.take_along_axis(idx[tied], order, axis=1)
+        scores[tied] = np.take_along_axis(scores[tied], order, axis=1)
+    # 4. a tie that straddles the retrieval boundary: recompute the row exactly from its full similarity row.
+    if k_search < n:
+        straddle = np.flatnonzero(scores[np.arange(c), depth - 1] == scores[:, -1])
+        if len(straddle):
+            block = max(1, SIM_BLOCK_ELEMENTS // n)
+            for b in range(0, len(straddle), block):
+                rows = straddle[b : b + block]
+                idx[rows, :k_needed] = _exact_rows(full_rows(rows + start), rows + start, k_needed)
+    return idx[:, :k_needed]
+
+
+def _exact_rows(sim: np.ndarray, qids: np.ndarray, k_needed: int) -> np.ndarray:
+    """Neighbours of ``qids`` from their full similarity rows: stable sort, query removed by index."""
+    order = np.argsort(-sim, axis=1, kind="stable")
+    keep = order != qids[:, None]
+    return order[keep].reshape(len(qids), sim.shape[1] - 1)[:, :k_needed]

@@ -1,0 +1,120 @@
+"""``python -m benchmark <command>``: the suite's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+DESCRIPTION = """\
+A deep-metric-learning benchmark: every method under one zero-shot retrieval protocol.
+
+commands:
+  run [key=value ...]        train and evaluate one run (defaults: proxy_anchor on the embedded 'attributes'
+                             dataset); e.g. run method=proxy_anchor dataset=cub dataset.root=/data/CUB_200_2011 seed=1
+  list                       methods (with paper and year), datasets and backbones, one line each
+  score FILE.npz [--json]    the protocol's metrics for any embeddings (arrays 'embeddings' N×D, 'labels' N)
+  prepare dataset=X dataset.root=DIR
+                             fetch (where a public URL exists), verify and validate a dataset copy
+"""
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from benchmark.run import main as run_main
+
+    return run_main(args.overrides, as_json=args.json)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from benchmark.listing import print_listing
+
+    print_listing()
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from benchmark.evaluation import score_file
+    from benchmark.run import format_metrics
+
+    metrics = score_file(args.file)
+    print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from benchmark.prepare import format_report, prepare_dataset
+
+    options = dict(item.split("=", 1) for item in args.overrides if "=" in item)
+    unknown = [k for k in options if k not in ("dataset", "dataset.root", "dataset.strict")] + [
+        item for item in args.overrides if "=" not in item]
+    if unknown or "dataset" not in options or "dataset.root" not in options:
+        raise SystemExit("usage: python -m benchmark prepare dataset=NAME dataset.root=DIR [dataset.strict=false] "
+                         f"(got: {' '.join(args.overrides) or 'nothing'})")
+    strict = options.get("dataset.strict", "true").lower() not in ("false", "0", "no")
+    report = prepare_dataset(options["dataset"], options["dataset.root"], download=not args.no_download,
+                             strict=strict)
+    print(format_report(report))
+    return 0 if report.get("ok") else 1
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "run": (_cmd_run, "train and evaluate one run"),
+    "list": (_cmd_list, "list methods, datasets and backbones"),
+    "score": (_cmd_score, "score an .npz of embeddings and labels"),
+    "prepare": (_cmd_prepare, "fetch, verify and validate a dataset"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    p = sub.add_parser("run", help=COMMANDS["run"][1], description="Train and evaluate one run. Overrides are "
+                       "Hydra key=value pairs: method=X dataset=Y dataset.root=DIR backbone.name=Z seed=N ...")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    sub.add_parser("list", help=COMMANDS["list"][1])
+    p = sub.add_parser("score", help=COMMANDS["score"][1])
+    p.add_argument("file", help=".npz with arrays 'embeddings' (N×D) and 'labels' (N)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON (the run record's keys)")
+    p = sub.add_parser("prepare", help=COMMANDS["prepare"][1])
+    p.add_argument("overrides", nargs="*", help="dataset=NAME dataset.root=DIR")
+    p.add_argument("--no-download", action="store_true", help="only validate the copy already in dataset.root")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmark.config import ConfigError
+    from benchmark.data.base import DatasetError
+    from benchmark.registry import UnknownNameError
+
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    handler = COMMANDS[args.command][0]
+    try:
+        return handler(args)
+    except (ConfigError, DatasetError, UnknownNameError, *_user_errors()) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message is the whole story for a user (no traceback)."""
+    from benchmark.encoder import BackboneWeightsError
+    from benchmark.trainer import TrainingError
+
+    errors: list[type[BaseException]] = [BackboneWeightsError, TrainingError]
+    try:
+        from benchmark.evaluation import ScoreInputError
+
+        errors.append(ScoreInputError)
+    except ImportError:
+        pass
+    return tuple(errors)

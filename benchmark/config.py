@@ -1,0 +1,237 @@
+"""Run configuration: dataclass schemas in Hydra's ConfigStore, composed from command-line overrides.
+
+``python -m benchmark run method=proxy_anchor dataset=cub dataset.root=/data/CUB_200_2011 seed=1`` composes the
+``run`` config: the ``method`` group holds each plugin's own dataclass (registered by the plugin), ``dataset``
+holds one option per card in ``datasets/``, ``backbone`` one per backbone kind. A typo in a key or a group option
+fails at compose time with the list of what exists and the nearest match.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from hydra import compose, initialize
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.registry import UnknownNameError, discover_methods, list_methods, suggest
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "attributes"
+    root: str | None = None  # the dataset's directory (cards say which layout); embedded datasets need none
+    strict: bool = True  # false: count mismatches warn instead of failing (miniature or partial copies)
+    val_fraction: float = 0.2  # training classes carved off (class-disjoint) for model selection
+    options: dict[str, Any] = field(default_factory=dict)  # reader options (embedded datasets: size, seed)
+
+
+@dataclass
+class BackboneConfig:
+    kind: str = "timm"  # how the backbone is built: timm, or a registered kind (e.g. an MLLM vision tower)
+    name: str | None = None  # None: the dataset card's default backbone
+    pretrained: bool | None = None  # None: the dataset card's default
+    checkpoint: str | None = None  # local weights file instead of fetching from the hub
+    img_size: int | None = None  # ViTs: build for this input size (None: the model's default)
+    pooling: str = "mean"  # mean | cls | gem | max | maxavg (Proxy Anchor's GAP+GMP)
+    gem_p: float = 3.0
+    embedding_dim: int | None = 512  # linear head to this size; None: no head (pooled features, e.g. SAGA baselines)
+    freeze_bn: bool = True  # Proxy Anchor / HIST official code keep BN frozen
+
+
+@dataclass
+class DataConfig:
+    image_size: int | None = None  # None: the dataset card's default (224 for the paper datasets)
+    transform: str = "classic"  # classic (RandomResizedCrop+flip / resize+centre crop) | saga (resize only) | hypvit
+    resize_ratio: float = 256 / 224  # classic test transform: resize to image_size*ratio, centre crop image_size
+    num_workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    m_per_class: int = 4  # m-per-class sampler: batch_size/m_per_class classes per batch
+    lr: float = 1e-4  # Proxy Anchor's AdamW base learning rate
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up, then cosine decay
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    freeze_backbone_epochs: int = 0  # Proxy Anchor's warm-up: only the head and the method's parameters train
+    grad_clip: float | None = None  # global-norm clipping
+    grad_accum: int = 1  # micro-batches per optimiser step
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    steps_per_epoch: int | None = None  # None: len(train) // batch_size
+    tensorboard: bool = False
+    log_every: int = 10
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    selection: str = "val"  # val (class-disjoint validation split) | last (final epoch) | test (best-on-test, labelled)
+    selection_metric: str = "recall@1"
+    every: int = 1  # evaluate every N epochs (selection val/test)
+    batch_size: int = 128
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    kmeans_seed: int = 0
+    kmeans_restarts: int = 10
+    backend: str = "auto"  # kNN: auto (faiss, GPU if present) | faiss | torch
+
+
+@dataclass
+class RunConfig:
+    defaults: list[Any] = field(
+        default_factory=lambda: ["_self_", {"method": "proxy_anchor"}, {"dataset": "attributes"}, {"backbone": "timm"}]
+    )
+    method: Any = None
+    dataset: Any = None
+    backbone: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_dir: str = "runs"
+    run_name: str | None = None  # None: derived from method, dataset, config hash and seed (so reruns resume)
+    force: bool = False  # retrain a run whose record is complete (the old directory is kept aside)
+
+
+#: Config fields that do not change a run's result (excluded from the config hash that names the run).
+NON_RESULT_KEYS = (
+    "seed", "out_dir", "run_name", "force", "device",
+    "data.num_workers", "train.tensorboard", "train.log_every", "train.progress", "eval.batch_size", "eval.backend",
+)
+
+_REGISTERED = False
+
+
+def register_configs() -> None:
+    """Store the schemas, one ``dataset`` option per card and every method's config in the ConfigStore."""
+    global _REGISTERED
+    from benchmark.data.base import list_cards
+
+    cs = ConfigStore.instance()
+    for name in list_cards():  # re-read each time: a card added to datasets/ is an option at once
+        cs.store(group="dataset", name=name, node=DatasetConfig(name=name))
+    if _REGISTERED:
+        return
+    from benchmark.encoder import list_backbone_kinds
+
+    cs.store(name="run", node=RunConfig)
+    cs.store(group="backbone", name="timm", node=BackboneConfig(kind="timm"))
+    list_backbone_kinds()  # imports benchmark.backbones.*, which store their own presets
+    discover_methods()  # registers each method's dataclass under the "method" group
+    _REGISTERED = True
+
+
+def _check_group_choices(overrides: list[str]) -> None:
+    """Unknown ``method=`` / ``dataset=`` / ``backbone=`` choices get the list of options and a suggestion."""
+    from hydra.core.config_store import ConfigStore
+
+    repo = ConfigStore.instance().repo
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.lstrip("+~")
+        if sep and key in ("method", "dataset", "backbone"):
+            options = [n.removesuffix(".yaml") for n in repo.get(key, {})]
+            if value not in options:
+                raise UnknownNameError(suggest(value, options, {"method": "method", "dataset": "dataset",
+                                                                "backbone": "backbone preset"}[key]))
+
+
+def _explain_unknown_key(err: Exception, overrides: list[str], cfg_probe: DictConfig | None) -> str:
+    """Turn Hydra's composition error for an unknown key into one that lists the keys and suggests one."""
+    message = str(err)
+    for item in overrides:
+        key = item.partition("=")[0].lstrip("+~")
+        if "." not in key or cfg_probe is None:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg_probe, parent, default=None)
+        if isinstance(node, DictConfig) and leaf not in node:
+            known = [k for k in node.keys() if k != "defaults"]
+            return f"Unknown config key '{key}'. " + suggest(leaf, known, f"field of '{parent}'").split(". ", 1)[1]
+    return message
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """Compose the run config from ``key=value`` overrides (validated against the dataclass schemas)."""
+    overrides = list(overrides or [])
+    register_configs()
+    _check_group_choices(overrides)
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize(version_base=None, config_path=None):
+        try:
+            cfg = compose(config_name="run", overrides=overrides)
+        except ConfigCompositionException as err:
+            groups_only = [o for o in overrides if o.partition("=")[0] in ("method", "dataset", "backbone")]
+            try:
+                probe = compose(config_name="run", overrides=groups_only)
+            except ConfigCompositionException:
+                probe = None
+            raise ConfigError(_explain_unknown_key(err.__cause__ or err, overrides, probe)) from None
+    _validate(cfg)
+    return cfg
+
+
+class ConfigError(ValueError):
+    """A config that cannot be composed or is inconsistent."""
+
+
+def _validate(cfg: DictConfig) -> None:
+    choices = {
+        "eval.selection": (cfg.eval.selection, ("val", "last", "test")),
+        "data.transform": (cfg.data.transform, ("classic", "saga", "hypvit")),
+        "train.precision": (cfg.train.precision, ("auto", "fp32", "bf16")),
+        "eval.backend": (cfg.eval.backend, ("auto", "faiss", "torch")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{key}={value} is not one of {', '.join(allowed)}.{hint}")
+    if cfg.train.batch_size % cfg.train.m_per_class:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} must be a multiple of train.m_per_class={cfg.train.m_per_class}."
+        )
+    if cfg.eval.selection == "val" and not cfg.dataset.val_fraction > 0:
+        raise ConfigError("eval.selection=val needs dataset.val_fraction > 0 (or choose eval.selection=last).")
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def _drop(tree: dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.get(p, {})
+    tree.pop(leaf, None)
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
+    """Hash of everything that changes a run's result except the seed (same hash + same seed = the same run)."""
+    tree = to_container(cfg) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))
+    tree.pop("defaults", None)
+    for key in NON_RESULT_KEYS:
+        _drop(tree, key)
+    return stable_hash(tree, 8)
+
+
+def dataclass_fields(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)] if is_dataclass(cls) else []
+
+
+def list_method_fields() -> dict[str, list[str]]:
+    return {name: dataclass_fields(cls.config_class) for name, cls in list_methods().items()}

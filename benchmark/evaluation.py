@@ -1,0 +1,251 @@
+"""The evaluator: Recall@K, MAP@R, R-Precision and NMI on test embeddings (docs/protocol.md §3).
+
+Methods change what is embedded, never how it is scored: every method's embeddings go through
+:func:`evaluate_embeddings` unchanged.
+
+- **Similarity**: cosine, i.e. the inner product of L2-normalised float32 embeddings (normalised here).
+- **Queries**: every sample is a query against all the others; the query is removed by its index.
+- **Ties**: neighbours are ordered by decreasing similarity, ties broken by ascending sample index, exactly (also
+  when a tie straddles the retrieval depth; see :mod:`benchmark._knn`).
+- **Recall@K**: 1 if any of the K nearest neighbours shares the query's label; mean over *all* queries (a query
+  whose label has no other sample counts as a miss).
+- **MAP@R**: R = number of other samples with the query's label; ``(1/R) Σ_{i≤R} P(i)·[i-th neighbour correct]``.
+  **R-Precision**: correct neighbours in the top R, divided by R. Both are means over the queries with R > 0
+  (queries whose label has a single sample are excluded from these two).
+- **NMI**: faiss k-means with k = number of distinct labels (fixed seed, restarts and iterations, all points, no
+  subsampling) on the normalised embeddings, then scikit-learn's ``normalized_mutual_info_score`` (arithmetic
+  mean) between labels and cluster assignments.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmark import _knn
+
+METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
+BACKENDS = ("auto", "faiss", "torch")
+#: Lloyd iterations per k-means run: pytorch-metric-learning's AccuracyCalculator also uses niter=20.
+KMEANS_NITER = 20
+TIE_RULE = "decreasing cosine similarity (float32), ties broken by ascending sample index; query removed by index"
+
+
+class ScoreInputError(ValueError):
+    """An embeddings file that cannot be scored; the message says what was expected."""
+
+
+def evaluation_settings(
+    *,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    compute_nmi: bool = True,
+    kmeans_seed: int = 0,
+    kmeans_restarts: int = 10,
+    query_chunk: int = 4096,
+    device: str | torch.device | None = None,
+    backend: str = "auto",
+) -> dict[str, Any]:
+    """What a run record stores about the evaluation: tie rule, k-means settings, kNN backend and ks."""
+    ks = _check_ks(ks)
+    backend = _resolve_backend(backend)
+    import faiss
+
+    return {
+        "ks": list(ks),
+        "similarity": "cosine (inner product of L2-normalised float32 embeddings)",
+        "tie_rule": TIE_RULE,
+        "recall_queries": "all samples; a query with no other sample of its label counts as a miss",
+        "map_r_queries": "samples with at least one other sample of their label (R > 0)",
+        "knn": {"backend": backend, "device": _knn.resolve_device(backend, device), "exact": True},
+        "nmi": {
+            "computed": bool(compute_nmi),
+            "kmeans": "faiss.Kmeans on the L2-normalised embeddings, k = number of distinct labels",
+            "kmeans_seed": int(kmeans_seed),
+            "kmeans_restarts": int(kmeans_restarts),
+            "kmeans_niter": KMEANS_NITER,
+            "subsampling": "none (all points)",
+            "average_method": "arithmetic",
+        },
+        "versions": {"faiss": faiss.__version__, "torch": torch.__version__},
+    }
+
+
+def evaluate_embeddings(
+    embeddings: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor | Sequence[int],
+    *,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    compute_nmi: bool = True,
+    kmeans_seed: int = 0,
+    kmeans_restarts: int = 10,
+    query_chunk: int = 4096,
+    device: str | torch.device | None = None,
+    backend: str = "auto",
+) -> dict[str, float]:
+    """Score ``embeddings`` (``N×D``) against ``labels`` (``N`` ints); see the module docstring for definitions.
+
+    Returns fractions in [0, 1]: ``recall@K`` for each K in ``ks``, ``map@r``, ``r_precision`` and (when
+    ``compute_nmi``) ``nmi``. ``map@r`` and ``r_precision`` are NaN when no label has two samples. kNN is exact
+    (faiss ``IndexFlatIP``, on the GPU when faiss sees one and ``device`` allows, or a chunked torch search with
+    ``backend="torch"``; both give the same numbers) and runs over chunks of ``query_chunk`` queries so memory stays
+    bounded.
+    """
+    x, codes = _check_arrays(embeddings, labels)
+    ks = _check_ks(ks)
+    backend = _resolve_backend(backend)
+    if int(query_chunk) < 1:
+        raise ValueError(f"query_chunk must be a positive integer, got {query_chunk}")
+    if int(kmeans_restarts) < 1:
+        raise ValueError(f"kmeans_restarts must be at least 1, got {kmeans_restarts}")
+    device = _knn.resolve_device(backend, device)
+    x = _knn.l2_normalise(x)
+    n = len(x)
+
+    counts = np.bincount(codes)
+    r = counts[codes] - 1  # other samples with the query's label
+    k_needed = int(min(max(max(ks), r.max()), n - 1))
+    depth = np.minimum(np.maximum(max(ks), r), k_needed)
+    plan = _knn.make_plan(n, k_needed, backend, device, int(query_chunk))
+
+    hits = np.zeros(len(ks), dtype=np.int64)
+    # Per-query values, summed once at the end so the result does not depend on the chunking.
+    ap = np.zeros(n, dtype=np.float64)
+    rp = np.zeros(n, dtype=np.float64)
+    positions = np.arange(1, k_needed + 1)
+    for start, stop, idx in _knn.iter_neighbours(x, depth, plan):
+        match = codes[idx] == codes[start:stop, None]  # chunk × k_needed
+        # Recall@K: the first correct rank (never, when there is none).
+        first = np.where(match.any(axis=1), match.argmax(axis=1), np.iinfo(np.int64).max)
+        hits += (first[:, None] < np.asarray(ks)[None, :]).sum(axis=0)
+        # MAP@R and R-Precision over the first R ranks (Musgrave et al., "A Metric Learning Reality Check", §3.2).
+        rq = r[start:stop]
+        correct_in_r = match & (positions[None, :] <= rq[:, None])
+        cum = np.cumsum(match, axis=1)
+        denominator = np.maximum(rq, 1)  # R = 0 rows are excluded below
+        ap[start:stop] = (cum * correct_in_r / positions[None, :]).sum(axis=1) / denominator
+        rp[start:stop] = correct_in_r.sum(axis=1) / denominator
+
+    valid = r > 0
+    out = {f"recall@{k}": float(h) / n for k, h in zip(ks, hits, strict=True)}
+    out["map@r"] = float(ap[valid].mean()) if valid.any() else float("nan")
+    out["r_precision"] = float(rp[valid].mean()) if valid.any() else float("nan")
+    if compute_nmi:
+        assignments = kmeans_assignments(x, int(counts.size), seed=kmeans_seed, restarts=kmeans_restarts, device=device)
+        from sklearn.metrics import normalized_mutual_info_score
+
+        out["nmi"] = float(normalized_mutual_info_score(codes, assignments, average_method="arithmetic"))
+    return out
+
+
+def kmeans_assignments(x: np.ndarray, k: int, *, seed: int, restarts: int, device: str = "cpu") -> np.ndarray:
+    """Cluster ids from faiss k-means (best of ``restarts`` runs of ``KMEANS_NITER`` iterations, all points)."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    gpu = str(device).startswith("cuda") and faiss.get_num_gpus() > 0
+    kmeans = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=KMEANS_NITER,
+        nredo=int(restarts),
+        seed=int(seed),
+        verbose=False,
+        gpu=gpu,
+        min_points_per_centroid=1,  # k = number of classes may leave few points per centroid; no warning spam
+        max_points_per_centroid=max(1, -(-len(x) // k)),  # never subsample: every point takes part
+    )
+    kmeans.train(x)
+    _, assignment = kmeans.index.search(x, 1)
+    return assignment[:, 0]
+
+
+def load_score_input(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read an ``.npz`` holding ``embeddings`` (``N×D`` float) and ``labels`` (``N`` ints); raise
+    :class:`ScoreInputError` saying what was expected when the file is missing or malformed."""
+    expected = (
+        "expected an .npz file (numpy.savez) with arrays 'embeddings' (N×D float) and 'labels' (N integers), N >= 2"
+    )
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ScoreInputError(f"{path}: no such file; {expected}.")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ScoreInputError(f"{path}: cannot be read as an .npz ({err}); {expected}.") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ScoreInputError(f"{path}: is a single .npy array, not an .npz archive; {expected}.")
+    with archive:
+        names = sorted(archive.files)
+        missing = [name for name in ("embeddings", "labels") if name not in names]
+        if missing:
+            raise ScoreInputError(
+                f"{path}: missing array(s) {', '.join(repr(m) for m in missing)}; the file holds "
+                f"{', '.join(repr(m) for m in names) or 'no arrays'}; {expected}. "
+                "Save with numpy.savez(path, embeddings=..., labels=...)."
+            )
+        try:
+            embeddings, labels = archive["embeddings"], archive["labels"]
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise ScoreInputError(f"{path}: cannot read its arrays ({err}); {expected}.") from None
+    try:
+        _check_arrays(embeddings, labels)
+    except ValueError as err:
+        raise ScoreInputError(f"{path}: {err}") from None
+    return embeddings, labels
+
+
+def score_file(path: str | os.PathLike) -> dict[str, float]:
+    """:func:`load_score_input` then :func:`evaluate_embeddings` with the default settings."""
+    return evaluate_embeddings(*load_score_input(path))
+
+
+def _check_arrays(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert: float32 ``N×D`` embeddings and label codes ``0..C-1``."""
+    if isinstance(embeddings, torch.Tensor):
+        embeddings = embeddings.detach().cpu().numpy()
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    embeddings, labels = np.asarray(embeddings), np.asarray(labels)
+    if embeddings.ndim != 2:
+        raise ValueError(f"'embeddings' must be 2-D (N×D), got shape {embeddings.shape}")
+    if not (np.issubdtype(embeddings.dtype, np.floating) or np.issubdtype(embeddings.dtype, np.integer)):
+        raise ValueError(f"'embeddings' must hold floats, got dtype {embeddings.dtype}")
+    if embeddings.shape[1] < 1:
+        raise ValueError(f"'embeddings' must have at least one dimension, got shape {embeddings.shape}")
+    if labels.ndim != 1:
+        raise ValueError(f"'labels' must be 1-D (N), got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"'labels' must hold integers, got dtype {labels.dtype}; convert with labels.astype(int)")
+    if len(embeddings) != len(labels):
+        raise ValueError(
+            f"'embeddings' has {len(embeddings)} rows but 'labels' has {len(labels)} entries; they must match"
+        )
+    if len(labels) < 2:
+        raise ValueError(f"at least 2 samples are needed (each is a query against the others), got {len(labels)}")
+    bad = ~np.isfinite(embeddings).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(
+            f"'embeddings' holds NaN or inf in {len(rows)} row(s) (first: {rows[:5].tolist()}); "
+            "all values must be finite"
+        )
+    _, codes = np.unique(labels, return_inverse=True)
+    return embeddings.astype(np.float32, copy=False), codes.reshape(-1).astype(np.int64)
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(int(k) for k in ks)
+    if not values or any(k < 1 for k in values) or any(int(k) != k for k in ks):
+        raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
+    return tuple(sorted(set(values)))
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return "faiss" if backend == "auto" else backend

@@ -1,0 +1,35 @@
+"""``python -m benchmark list``: methods, datasets and backbones, one line each."""
+
+from __future__ import annotations
+
+from benchmark.data.base import list_cards
+from benchmark.encoder import list_backbone_kinds
+from benchmark.registry import list_methods
+
+
+def listing_lines() -> list[str]:
+    lines = ["methods:"]
+    for name, cls in list_methods().items():
+        year = f" ({cls.year})" if cls.year else ""
+        lines.append(f"  {name:<20} {cls.paper}{year}")
+        recommended = getattr(cls, "recommended", None)
+        if recommended:
+            lines.append(f"  {'':<20} recommended: {' '.join(f'{k}={v}' for k, v in recommended.items())}")
+    lines.append("datasets:")
+    for name, card in list_cards().items():
+        counts = card.get("expected") or {}
+        where = "embedded, no download" if card.get("needs_root") is False else "needs dataset.root"
+        lines.append(f"  {name:<20} {card.get('title', '')} — {counts.get('classes', '?')} classes, "
+                     f"{counts.get('images', '?')} images ({where})")
+    lines.append("backbones:")
+    for kind in list_backbone_kinds():
+        if kind == "timm":
+            lines.append(f"  {'timm':<20} any timm model: backbone.name=<timm name> (e.g. resnet50, "
+                         "vit_small_patch16_224), backbone.pretrained, backbone.checkpoint=<local file>")
+        else:
+            lines.append(f"  {kind:<20} backbone.kind={kind}")
+    return lines
+
+
+def print_listing() -> None:
+    print("\n".join(listing_lines()))

@@ -1,0 +1,127 @@
+"""Run records: ``record.json`` (atomically written), the protocol hash, provenance (git SHA, library versions).
+
+Schema (version 1), one file per run directory::
+
+    schema_version, run_id, status ("running" | "completed" | "failed"), error, method, dataset, seed,
+    backbone {...}, data {...}, splits {train|val|test: {classes, images}},
+    selection {rule, metric, epoch}, metrics {test: {...}, val: {...} | null}, history [...],
+    method_info {...}, diagnostics {...}, protocol {hash, version, fields}, config_hash, config {...},
+    git {sha, dirty}, versions {...}, timings {...}, evaluation {...}
+
+Metric keys: ``recall@1``, ``recall@2``, ``recall@4``, ``recall@8``, ``map@r``, ``r_precision``, ``nmi`` (fractions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from benchmark.config import stable_hash
+
+SCHEMA_VERSION = 1
+#: Bump when the evaluation or split definitions change: records with different versions never share a table.
+PROTOCOL_VERSION = 1
+METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(obj, handle, indent=2, sort_keys=False, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "record.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def is_complete(record: dict[str, Any] | None) -> bool:
+    """A finished result: completed status, this schema, every test metric present."""
+    if not record or record.get("status") != "completed" or record.get("schema_version") != SCHEMA_VERSION:
+        return False
+    test = (record.get("metrics") or {}).get("test") or {}
+    return all(key in test for key in METRIC_KEYS)
+
+
+def git_info(cwd: Path = REPO_ROOT) -> dict[str, Any]:
+    """The repository's HEAD SHA and whether the tree has uncommitted changes (None outside a checkout)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("torch", "torchvision", "timm", "pytorch-metric-learning", "faiss-gpu", "faiss-cpu", "numpy",
+                 "scikit-learn", "transformers", "hydra-core"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def protocol_fields(cfg: Any, split_spec: dict[str, Any], eval_settings: dict[str, Any]) -> dict[str, Any]:
+    """What defines the protocol: dataset and split version, input size and transforms, the metric definitions."""
+    return {
+        "protocol_version": PROTOCOL_VERSION,
+        "dataset": cfg.dataset.name,
+        "split": split_spec,
+        "val_fraction": cfg.dataset.val_fraction if cfg.eval.selection == "val" else None,
+        "image_size": cfg.data.image_size,
+        "transform": cfg.data.transform,
+        "evaluation": eval_settings,
+    }
+
+
+def protocol_hash(fields: dict[str, Any]) -> str:
+    return stable_hash(fields, 12)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,58 @@
+"""``python -m benchmark run [key=value ...]``: compose the config, train (or resume), evaluate, print the metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from benchmark import records
+from benchmark.config import compose_config
+
+METRIC_LABELS = {"recall@1": "R@1", "recall@2": "R@2", "recall@4": "R@4", "recall@8": "R@8", "map@r": "MAP@R",
+                 "r_precision": "RP", "nmi": "NMI"}
+
+
+def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
+    """Run one config to completion; return its record and directory. A finished run is returned, not retrained."""
+    from benchmark.trainer import Trainer, archive_finished_run
+
+    started = time.time()
+    # The run directory depends on card defaults resolved inside the Trainer, so look it up after building it.
+    trainer = Trainer(cfg)
+    existing = records.read_record(trainer.run_dir)
+    if records.is_complete(existing):
+        if not cfg.force:
+            print(f"This run is already complete: {trainer.run_dir / 'record.json'} (pass force=true to train it "
+                  "again; the finished run is then moved aside, not deleted).")
+            return existing, trainer.run_dir
+        moved = archive_finished_run(trainer.run_dir)
+        print(f"force=true: the finished run was moved to {moved}")
+        trainer = Trainer(cfg)
+    record = trainer.fit()
+    record["timings"]["total_s"] = time.time() - started
+    records.write_json_atomic(trainer.run_dir / "record.json", record)
+    return records.read_record(trainer.run_dir), trainer.run_dir
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{METRIC_LABELS.get(k, k)} {100 * v:.2f}" if k != "nmi" else f"NMI {v:.3f}"
+                     for k, v in metrics.items())
+
+
+def main(overrides: list[str], as_json: bool = False) -> int:
+    cfg = compose_config(overrides)
+    record, run_dir = run(cfg)
+    if as_json:
+        print(json.dumps({"record": str(run_dir / "record.json"), **record["metrics"]}, indent=2))
+        return 0
+    print(f"\n{record['method']} on {record['dataset']} (seed {record['seed']}, backbone {record['backbone']['source']},"
+          f" selection: {record['selection']['rule']}, epoch {record['selection']['epoch']})")
+    if record["metrics"].get("val"):
+        print(f"  val : {format_metrics(record['metrics']['val'])}")
+    print(f"  test: {format_metrics(record['metrics']['test'])}")
+    print(f"Run record: {run_dir / 'record.json'}")
+    return 0

@@ -1,0 +1,383 @@
+"""The training loop, readable top to bottom: the engine owns optimiser, schedule, sampler, augmentation, evaluation
+and model selection; a method contributes its loss and parameter groups only.
+
+A run lives in ``<out_dir>/<dataset>/<method>/<run_name>`` (run_name defaults to the config hash and seed, so
+starting the same run again resumes it from its latest checkpoint). Checkpoints are written atomically at every
+epoch (and when a stop is requested, e.g. by SLURM's pre-emption signal); ``record.json`` is rewritten atomically
+as the run progresses.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark import records
+from benchmark.config import config_hash, to_container
+from benchmark.data.base import DatasetSplits, carve_validation, load_dataset, load_split_file
+from benchmark.encoder import Encoder
+from benchmark.method import Method, TaskInfo
+from benchmark.pipeline import ImageDataset, ListBatchSampler, build_transforms, epoch_batches
+from benchmark.registry import get_method
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (NaN loss, a checkpoint from another config); the record says why."""
+
+
+class StopRequested(RuntimeError):
+    """Raised after a checkpoint was written because a stop was requested (pre-emption, time limit)."""
+
+
+_STOP = {"requested": False}
+
+
+def request_stop(*_: Any) -> None:
+    """Ask the running trainer to checkpoint at the next step and stop (usable as a signal handler)."""
+    _STOP["requested"] = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_card_defaults(cfg: DictConfig, card: dict[str, Any]) -> None:
+    """Fill the fields left at None from the dataset card's defaults (image size, backbone, pretrained)."""
+    defaults = card.get("defaults") or {}
+    backbone_defaults = defaults.get("backbone") or {}
+    if cfg.data.image_size is None:
+        cfg.data.image_size = int(defaults.get("image_size", 224))
+    if cfg.backbone.name is None:
+        cfg.backbone.name = backbone_defaults.get("name", "resnet50")
+    if cfg.backbone.pretrained is None:
+        cfg.backbone.pretrained = bool(backbone_defaults.get("pretrained", True))
+
+
+def run_directory(cfg: DictConfig) -> Path:
+    name = cfg.run_name or f"{config_hash(cfg)}-s{cfg.seed}"
+    return Path(cfg.out_dir) / cfg.dataset.name / cfg.method.name / name
+
+
+class Trainer:
+    """Builds everything a run needs from its config, trains, selects, evaluates and writes the record."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.started = time.time()
+        self.cfg = cfg
+        self.method_cls = get_method(cfg.method.name)
+        self.splits: DatasetSplits = load_dataset(
+            cfg.dataset.name, cfg.dataset.root, strict=cfg.dataset.strict, **dict(cfg.dataset.options or {})
+        )
+        resolve_card_defaults(cfg, self.splits.card)
+        self.run_dir = run_directory(cfg)
+        self.device = resolve_device(cfg.device)
+        self.autocast = self.device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
+        if cfg.train.precision == "bf16" and self.device.type == "cpu":
+            self.autocast = True
+        if cfg.eval.selection == "val":
+            self.train_split, self.val_split = carve_validation(self.splits.train, cfg.dataset.val_fraction)
+        else:
+            self.train_split, self.val_split = self.splits.train, None
+        train_classes = self.train_split.classes
+        self.label_map = {int(c): i for i, c in enumerate(train_classes)}
+        seed_everything(cfg.seed)
+        self.encoder = Encoder(cfg.backbone).to(self.device)
+        info = self.encoder.info
+        self.transforms = build_transforms(cfg.data.transform, cfg.data.image_size, info.mean, info.std,
+                                           info.interpolation, cfg.data.resize_ratio, cfg.dataset.name)
+        task = TaskInfo(num_classes=len(train_classes), embedding_dim=self.encoder.embedding_dim,
+                        dataset=cfg.dataset.name, class_names=[self.splits.class_names[c] for c in train_classes],
+                        card=self.splits.card)
+        self.method: Method = self.method_cls(cfg.method, task).to(self.device)
+        self._backbone_params = self.encoder.backbone_parameters()  # trainable ones (frozen BN excluded)
+        self.train_set = ImageDataset(self.train_split, self.transforms.train, self.label_map)
+        self.steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(self.train_split) // cfg.train.batch_size)
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0  # epochs completed
+        self.step_in_epoch = 0
+        self.epoch_sums: dict[str, float] = {}  # running sums of the logged scalars within the current epoch
+        self.best: dict[str, Any] = {"score": -math.inf, "epoch": None, "metrics": None}
+        self.param_group_info: list[dict[str, Any]] = []
+        self.optimizer = self._build_optimizer() if self.method_cls.trains else None
+        self.scheduler = self._build_scheduler() if self.optimizer else None
+        self.writer = None
+
+    # ----------------------------------------------------------------- optimisation
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg.train
+        groups = [{"name": "backbone", "params": self._backbone_params, "lr_mult": 1.0}]
+        if self.encoder.head_parameters():
+            groups.append({"name": "embedding_head", "params": self.encoder.head_parameters(), "lr_mult": 1.0})
+        for group in self.method.param_groups():
+            groups.append({"name": group.name, "params": group.params, "lr_mult": group.lr_mult,
+                           **({"weight_decay": group.weight_decay} if group.weight_decay is not None else {})})
+            self.param_group_info.append({"name": group.name, "lr_mult": group.lr_mult, "source": group.source,
+                                          "weight_decay": group.weight_decay})
+        owned = {id(p) for g in groups for p in g["params"]}
+        missed = [n for n, p in self.method.named_parameters() if p.requires_grad and id(p) not in owned]
+        if missed:
+            raise TrainingError(f"Method '{self.cfg.method.name}' has trainable parameters outside its "
+                                f"param_groups(): {missed[:5]}. Return them from param_groups().")
+        for g in groups:
+            g["lr"] = cfg.lr * g["lr_mult"]
+        self._optimised_params = [p for g in groups for p in g["params"]]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        # Linear warm-up then cosine decay to min_lr_ratio, per optimiser step (hand-written: torch's
+        # CosineAnnealingLR takes an absolute floor, which would not respect per-group multipliers).
+        cfg = self.cfg.train
+        total = max(1, cfg.epochs * self.steps_per_epoch // cfg.grad_accum)
+        warmup = int(cfg.warmup_epochs * self.steps_per_epoch // cfg.grad_accum)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    # ----------------------------------------------------------------- checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "config_hash": config_hash(self.cfg),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "encoder": self.encoder.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "history": self.history,
+            "best": self.best,
+            "epoch_sums": self.epoch_sums,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def save_checkpoint(self, name: str = "last.pt") -> Path:
+        path = self.run_dir / "checkpoints" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self._state(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["config_hash"] != config_hash(self.cfg):
+            raise TrainingError(
+                f"Checkpoint {path} was written by a run with another config (hash {state['config_hash']}, "
+                f"this config {config_hash(self.cfg)}). Use another run_name or out_dir, or remove the directory."
+            )
+        self.encoder.load_state_dict(state["encoder"])
+        self.method.load_state_dict(state["method"])
+        if self.optimizer and state["optimizer"]:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.history, self.best = state["history"], state["best"]
+        self.epoch_sums = state.get("epoch_sums", {})
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def embed(self, split) -> tuple[np.ndarray, np.ndarray]:
+        dataset = ImageDataset(split, self.transforms.test)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.cfg.eval.batch_size, shuffle=False,
+                                             num_workers=self.cfg.data.num_workers)
+        self.encoder.eval()
+        self.method.eval()
+        chunks, labels = [], []
+        for images, y in loader:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                z = self.method.embed(images.to(self.device, non_blocking=True), self.encoder)
+            chunks.append(z.float().cpu().numpy())
+            labels.append(y.numpy())
+        return np.concatenate(chunks), np.concatenate(labels)
+
+    def evaluate(self, split) -> dict[str, float]:
+        from benchmark.evaluation import evaluate_embeddings
+
+        embeddings, labels = self.embed(split)
+        e = self.cfg.eval
+        return evaluate_embeddings(embeddings, labels, ks=tuple(e.ks), kmeans_seed=e.kmeans_seed,
+                                   kmeans_restarts=e.kmeans_restarts, backend=e.backend)
+
+    # ----------------------------------------------------------------- training
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """Forward, backward and (every ``grad_accum`` micro-batches) one optimiser and schedule step."""
+        cfg = self.cfg.train
+        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = self.method.training_step(images, labels, self.encoder)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"Loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}. Stopped; the "
+                f"last good checkpoint is kept in {self.run_dir / 'checkpoints'}. Lower train.lr or set "
+                "train.grad_clip."
+            )
+        (loss / cfg.grad_accum).backward()
+        self.step_in_epoch += 1
+        if self.step_in_epoch % cfg.grad_accum == 0 or self.step_in_epoch == self.steps_per_epoch:
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self._optimised_params, cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+        return out
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg = self.cfg.train
+        batches = epoch_batches(self.train_set.labels, cfg.batch_size, cfg.m_per_class, self.steps_per_epoch,
+                                self.cfg.seed, self.epoch)
+        loader = torch.utils.data.DataLoader(
+            self.train_set, batch_sampler=ListBatchSampler(batches, self.step_in_epoch),
+            num_workers=self.cfg.data.num_workers, persistent_workers=False,
+        )
+        frozen = self.epoch < cfg.freeze_backbone_epochs
+        for p in self._backbone_params:
+            p.requires_grad_(not frozen)
+        self.encoder.train()
+        self.method.train()
+        if self.step_in_epoch == 0:  # else: resumed mid-epoch, keep the running sums from the checkpoint
+            self.epoch_sums = {}
+        sums = self.epoch_sums
+        count, images_seen, t0 = sums.pop("_count", 0), 0, time.time()
+        progress = _progress(len(loader), f"epoch {self.epoch + 1}/{cfg.epochs}", cfg.progress)
+        for images, labels in loader:
+            out = self.train_step(images, labels)
+            loss = out["loss"]
+            count += 1
+            images_seen += len(labels)
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+            rate = images_seen / max(time.time() - t0, 1e-9)
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}")
+            if self.writer and self.step_in_epoch % cfg.log_every == 0:
+                step = self.epoch * self.steps_per_epoch + self.step_in_epoch
+                for key, value in out.items():
+                    self.writer.add_scalar(f"train/{key}", float(value), step)
+            if _STOP["requested"]:
+                progress.close()
+                sums["_count"] = count
+                self.save_checkpoint()
+                _STOP["requested"] = False  # handled: a later run in this process starts clean
+                raise StopRequested(f"Stop requested: checkpoint written at epoch {self.epoch + 1}, "
+                                    f"step {self.step_in_epoch}.")
+        progress.close()
+        stats = {key: value / max(count, 1) for key, value in sums.items()}
+        stats["images_per_s"] = images_seen / max(time.time() - t0, 1e-9)
+        stats["lr"] = self.optimizer.param_groups[0]["lr"]
+        return stats
+
+    def fit(self) -> dict[str, Any]:
+        """Train (resuming if a checkpoint exists), select, evaluate on test, and return the final record."""
+        from benchmark.runrecord import RecordWriter
+
+        recorder = RecordWriter(self)
+        checkpoint = self.run_dir / "checkpoints" / "last.pt"
+        if checkpoint.exists():
+            self.load_checkpoint(checkpoint)
+            print(f"Resuming {self.run_dir} from epoch {self.epoch} step {self.step_in_epoch}.")
+        recorder.write(status="running")
+        if self.cfg.train.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        ecfg, epochs = self.cfg.eval, self.cfg.train.epochs if self.method_cls.trains else 0
+        train_time = 0.0
+        try:
+            while self.epoch < epochs:
+                t0 = time.time()
+                stats = self.train_epoch()
+                train_time += time.time() - t0
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                entry = {"epoch": self.epoch, **stats}
+                if ecfg.selection in ("val", "test") and (self.epoch % ecfg.every == 0 or self.epoch == epochs):
+                    split = self.val_split if ecfg.selection == "val" else self.splits.test
+                    metrics = self.evaluate(split)
+                    entry[ecfg.selection] = metrics
+                    if metrics[ecfg.selection_metric] > self.best["score"]:
+                        self.best = {"score": metrics[ecfg.selection_metric], "epoch": self.epoch, "metrics": metrics}
+                        self.save_checkpoint("best.pt")
+                self.history.append(entry)
+                recorder.append_history(entry)
+                self.save_checkpoint()
+                recorder.write(status="running", train_s=train_time)
+                print(_epoch_line(entry))
+        except Exception as err:
+            if not isinstance(err, StopRequested):
+                recorder.write(status="failed", error=f"{type(err).__name__}: {err}")
+            raise
+        return self._finish(recorder, train_time)
+
+    def _finish(self, recorder, train_time: float) -> dict[str, Any]:
+        ecfg = self.cfg.eval
+        t0 = time.time()
+        selected_epoch = self.epoch
+        if ecfg.selection in ("val", "test") and self.best["epoch"] is not None:
+            best = torch.load(self.run_dir / "checkpoints" / "best.pt", map_location=self.device, weights_only=False)
+            self.encoder.load_state_dict(best["encoder"])
+            self.method.load_state_dict(best["method"])
+            selected_epoch = self.best["epoch"]
+        val_metrics = self.evaluate(self.val_split) if self.val_split is not None else None
+        test_metrics = self.evaluate(self.splits.test)
+        return recorder.write(status="completed", test=test_metrics, val=val_metrics, selected_epoch=selected_epoch,
+                              train_s=train_time, eval_s=time.time() - t0)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=None if enabled else True, dynamic_ncols=True)
+
+
+def _epoch_line(entry: dict[str, Any]) -> str:
+    parts = [f"epoch {entry['epoch']}", f"loss {entry.get('loss', float('nan')):.4f}",
+             f"{entry.get('images_per_s', 0):.0f} img/s"]
+    for split in ("val", "test"):
+        if split in entry:
+            parts.append(f"{split} R@1 {100 * entry[split]['recall@1']:.2f}")
+    return " | ".join(parts)
+
+
+def config_dict(cfg: DictConfig) -> dict[str, Any]:
+    tree = to_container(cfg)
+    tree.pop("defaults", None)
+    return tree
+
+
+def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
+    records.write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+
+
+def archive_finished_run(run_dir: Path) -> Path:
+    """Move a finished run aside (``force=true``) so nothing a user ran is lost."""
+    target = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.move(str(run_dir), str(target))
+    return target
+
+
