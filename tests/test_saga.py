@@ -354,3 +354,29 @@ def test_external_timm_encoder_with_a_trainable_projector():
     assert method.projector.weight.grad is not None and method.projector.weight.grad.abs().sum() > 0
     assert enc.backbone.model.patch_embed.proj.weight.grad.abs().sum() > 0
     assert method.embed(images, enc).shape == (8, 32)
+
+
+def test_end_to_end_run_on_the_attribute_dataset_writes_a_complete_record(tmp_path):
+    from benchmark import records
+    from benchmark.config import compose_config
+    from benchmark.run import run
+
+    overrides = [
+        "method=saga", "dataset=attributes", "backbone=tiny_qwen3_vl", "data.transform=saga", "data.image_size=64",
+        "train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=8", "train.m_per_class=2",
+        "train.progress=false", "data.num_workers=0", "eval.kmeans_restarts=2", "eval.selection=last",
+        "method.metric_loss=proxy_anchor", "method.group_size=4", "method.num_pairs=1", "method.pairs_per_batch=2",
+        "method.max_new_tokens=300", "method.rollout_constraint=json_skeleton", "method.embedding_dim=32",
+        f"out_dir={tmp_path / 'runs'}",
+    ]  # fmt: skip
+    record, run_dir = run(compose_config(overrides))
+    assert records.is_complete(record)
+    on_disk = json.loads((run_dir / "record.json").read_text())
+    assert on_disk["status"] == "completed" and on_disk["backbone"]["kind"] == "mllm_vision"
+    diag = on_disk["diagnostics"]
+    assert diag["steps"] == 2 and diag["parse_failure_rate"] == 0.0 and diag["gen_tokens_per_s"] > 0
+    for key in ("reward_mean", "contributing_fraction", "refills_per_step", "loss_dml_mean", "loss_grpo_mean"):
+        assert math.isfinite(diag[key])
+    assert {g["name"] for g in on_disk["method_info"]["param_groups"]} == {"saga_pooler", "metric_proxies"}
+    epoch = on_disk["history"][0]
+    assert {"loss_dml", "loss_grpo", "loss_kl", "reward_mean", "time_rollout_s"} <= set(epoch)

@@ -24,6 +24,7 @@ from torch import nn
 from benchmark.encoder import BackboneOutput, BackboneWeightsError, register_backbone
 
 TINY_NAME = "tiny-qwen3-vl"
+DEFAULT_MLLM = "Qwen/Qwen3-VL-8B-Instruct"  # SAGA §7 item 1 (ours): the paper says only "Qwen3-VL-8B"
 #: The Qwen3-VL processor's normalisation (``image_mean = image_std = 0.5``), used by every Qwen3-VL checkpoint.
 QWEN_MEAN = (0.5, 0.5, 0.5)
 QWEN_STD = (0.5, 0.5, 0.5)
@@ -375,3 +376,18 @@ def load_supervisor(name: str) -> Supervisor:
 def clear_supervisors() -> None:
     """Forget the cached supervisors (frees their memory)."""
     _SUPERVISORS.clear()
+
+
+def _store_presets() -> None:
+    """``backbone=mllm_vision`` (Qwen3-VL-8B-Instruct's tower, SAGA §7 item 1) and ``backbone=tiny_qwen3_vl``."""
+    from hydra.core.config_store import ConfigStore
+
+    from benchmark.config import BackboneConfig
+
+    common = {"kind": "mllm_vision", "pooling": "mean", "embedding_dim": None, "freeze_bn": False}
+    cs = ConfigStore.instance()
+    cs.store(group="backbone", name="mllm_vision", node=BackboneConfig(name=DEFAULT_MLLM, pretrained=True, **common))
+    cs.store(group="backbone", name="tiny_qwen3_vl", node=BackboneConfig(name=TINY_NAME, pretrained=False, **common))
+
+
+_store_presets()

@@ -84,18 +84,16 @@ class SAGA(Method):
     config_class = SAGAConfig
     #: The paper's engine settings (App. B, App. A) as config overrides; the pooler's 1e-4 is pooler_lr_mult=5.
     recommended: ClassVar[dict[str, Any]] = {
-        "backbone.kind": "mllm_vision",
-        "backbone.name": "Qwen/Qwen3-VL-8B-Instruct",  # §7 item 1 (ours): the Instruct variant
-        "backbone.embedding_dim": 0,  # SAGA's pooler and head replace the encoder's
-        "backbone.pooling": "mean",  # unused by SAGA; the baselines' pooling on the same tower
-        "optim.lr": 2e-5,
-        "optim.clip_grad_norm": 1.0,
+        "backbone": "mllm_vision",  # Qwen/Qwen3-VL-8B-Instruct's tower, no head (SAGA's pooler replaces it)
+        "data.transform": "saga",  # App. A: resize to 224², no crop (§7 item 4)
+        "data.image_size": 224,  # 49 tokens per image
+        "train.lr": 2e-5,  # App. B (encoder); the pooler's 1e-4 is method.pooler_lr_mult=5
         "train.epochs": 3,
-        "schedule.warmup_fraction": 0.05,
-        "data.batch_size": 64,
-        "data.m_per_class": 4,  # 16 classes × 4 (§7 item 5, ours)
-        "data.image_size": 224,
-        "data.train_transform": "resize",  # App. A: resize only (§7 item 4)
+        "train.warmup_epochs": 0.15,  # 5 % of 3 epochs
+        "train.grad_clip": 1.0,
+        "train.batch_size": 64,
+        "train.m_per_class": 4,  # 16 classes × 4 (§7 item 5, ours)
+        "train.precision": "auto",  # bf16 autocast on GPU
     }
 
     def __init__(self, cfg: Any, task: TaskInfo) -> None:

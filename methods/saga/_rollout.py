@@ -107,7 +107,7 @@ class SkeletonConstraint:
             else:
                 words = ["yes", "no"] if kind == "verdict" else ["high", "medium", "low"]
                 self.segments.append(("choice", [enc(w) for w in words]))
-        special = set(tokenizer.all_special_ids)
+        special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
         self.value_ids = [
             i
             for i in range(len(tokenizer))
@@ -196,8 +196,13 @@ def sample_rollouts(
     tokens = torch.full((g, max_new_tokens), pad, dtype=torch.long, device=device)
     done = torch.zeros(g, dtype=torch.bool, device=device)
     lengths = torch.full((g,), max_new_tokens, dtype=torch.long, device=device)
+    # Placeholder tokens must never be sampled: the replay would read them as image positions.
+    suppress = [
+        t for t in (model.config.image_token_id, getattr(model.config, "video_token_id", None)) if t is not None
+    ]
     for step in range(max_new_tokens):
         scores = model.lm_head(hidden[:, -1]).float()
+        scores[:, suppress] = float("-inf")
         forced: dict[int, int] = {}
         if states is not None:
             for row, st in enumerate(states):
