@@ -380,3 +380,20 @@ def test_end_to_end_run_on_the_attribute_dataset_writes_a_complete_record(tmp_pa
     assert {g["name"] for g in on_disk["method_info"]["param_groups"]} == {"saga_pooler", "metric_proxies"}
     epoch = on_disk["history"][0]
     assert {"loss_dml", "loss_grpo", "loss_kl", "reward_mean", "time_rollout_s"} <= set(epoch)
+
+
+def test_perf_script_reports_ratios_and_prefix_speedup(tmp_path, capsys):
+    from benchmark import perf_saga
+
+    out = tmp_path / "perf.json"
+    args = ["--group-size", "2", "--num-pairs", "1", "--batch-size", "4", "--m-per-class", "2", "--image-size", "64"]
+    args += ["--max-new-tokens", "300", "--prefix-repeat", "1", "--prefix-new-tokens", "2", "--out", str(out)]
+    assert perf_saga.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["ratio"] > 0 and set(result["phases_s"]) == {
+        "metric_s",
+        "rollout_s",
+        "replay_forward_s",
+        "backward_step_s",
+    }
+    assert result["prefix"]["prefix_speedup"] > 0 and "prefix" in capsys.readouterr().out
