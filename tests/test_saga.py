@@ -397,3 +397,31 @@ def test_perf_script_reports_ratios_and_prefix_speedup(tmp_path, capsys):
         "backward_step_s",
     }
     assert result["prefix"]["prefix_speedup"] > 0 and "prefix" in capsys.readouterr().out
+
+
+def test_sampling_streams_survive_a_checkpoint():
+    enc = _encoder()
+    a = _method(enc)
+    a.training_step(*_batch(), enc)
+    b = _method(enc, seed=5)
+    b.load_state_dict(a.state_dict())
+    assert a._rng.random() == b._rng.random()
+    assert torch.equal(a._generator(torch.device("cpu")).get_state(), b._generator(torch.device("cpu")).get_state())
+
+
+@pytest.mark.parametrize("method", ["pretrained", "proxy_anchor"])
+def test_baselines_run_on_the_mllm_tower_without_loading_its_language_model(tmp_path, method):
+    from benchmark import records
+    from benchmark.config import compose_config
+    from benchmark.run import run
+
+    mllm.clear_supervisors()
+    overrides = [
+        f"method={method}", "dataset=attributes", "backbone=tiny_qwen3_vl", "data.transform=saga",
+        "data.image_size=64", "train.epochs=1", "train.steps_per_epoch=1", "train.batch_size=8",
+        "train.m_per_class=2", "train.progress=false", "data.num_workers=0", "eval.kmeans_restarts=1",
+        "eval.selection=last", f"out_dir={tmp_path / 'runs'}",
+    ]  # fmt: skip
+    record, _ = run(compose_config(overrides))
+    assert records.is_complete(record) and record["backbone"]["pooling"] == "mean"
+    assert record["backbone"]["feature_dim"] == 64 and not mllm._SUPERVISORS  # inference never loads the LM

@@ -336,6 +336,16 @@ class SAGA(Method):
         self._accumulate(out, stats, buffer)
         return out
 
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def get_extra_state(self) -> dict[str, Any]:
+        """The pair-sampling and rollout random streams, so a resumed run draws what an uninterrupted one would."""
+        return {"rng": self._rng.bit_generator.state, "gen": {k: g.get_state() for k, g in self._gen.items()}}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        for key, value in state.get("gen", {}).items():
+            self._generator(torch.device(key)).set_state(value.cpu())
+
     # ------------------------------------------------------------------------------------------- diagnostics
     def _accumulate(self, out: dict[str, Any], stats: dict[str, float], buffer: DynamicSamplingBuffer) -> None:
         t = self._totals
