@@ -356,13 +356,15 @@ def test_external_timm_encoder_with_a_trainable_projector():
     assert method.embed(images, enc).shape == (8, 32)
 
 
+@pytest.mark.filterwarnings("ignore:Dataset 'attributes' does not have the expected counts")
 def test_end_to_end_run_on_the_attribute_dataset_writes_a_complete_record(tmp_path):
     from benchmark import records
     from benchmark.config import compose_config
     from benchmark.run import run
 
     overrides = [
-        "method=saga", "dataset=attributes", "backbone=tiny_qwen3_vl", "data.transform=saga", "data.image_size=64",
+        "method=saga", "dataset=attributes", "dataset.strict=false", "+dataset.options.per_class=6",
+        "backbone=tiny_qwen3_vl", "data.transform=saga", "data.image_size=64",
         "train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=8", "train.m_per_class=2",
         "train.progress=false", "data.num_workers=0", "eval.kmeans_restarts=2", "eval.selection=last",
         "method.metric_loss=proxy_anchor", "method.group_size=4", "method.num_pairs=1", "method.pairs_per_batch=2",
@@ -409,6 +411,7 @@ def test_sampling_streams_survive_a_checkpoint():
     assert torch.equal(a._generator(torch.device("cpu")).get_state(), b._generator(torch.device("cpu")).get_state())
 
 
+@pytest.mark.filterwarnings("ignore:Dataset 'attributes' does not have the expected counts")
 @pytest.mark.parametrize("method", ["pretrained", "proxy_anchor"])
 def test_baselines_run_on_the_mllm_tower_without_loading_its_language_model(tmp_path, method):
     from benchmark import records
@@ -417,7 +420,8 @@ def test_baselines_run_on_the_mllm_tower_without_loading_its_language_model(tmp_
 
     mllm.clear_supervisors()
     overrides = [
-        f"method={method}", "dataset=attributes", "backbone=tiny_qwen3_vl", "data.transform=saga",
+        f"method={method}", "dataset=attributes", "dataset.strict=false", "+dataset.options.per_class=6",
+        "backbone=tiny_qwen3_vl", "data.transform=saga",
         "data.image_size=64", "train.epochs=1", "train.steps_per_epoch=1", "train.batch_size=8",
         "train.m_per_class=2", "train.progress=false", "data.num_workers=0", "eval.kmeans_restarts=1",
         "eval.selection=last", f"out_dir={tmp_path / 'runs'}",
