@@ -173,8 +173,8 @@ def test_attribute_token_spans_locate_each_images_values():
 # -------------------------------------------------------------------------------------------- tiny Qwen3-VL
 
 
-def _encoder() -> Encoder:
-    cfg = {"kind": "mllm_vision", "name": mllm.TINY_NAME, "pooling": "mean", "embedding_dim": 0, "freeze_bn": False}
+def _encoder(name: str = mllm.TINY_NAME) -> Encoder:
+    cfg = {"kind": "mllm_vision", "name": name, "pooling": "mean", "embedding_dim": 0, "freeze_bn": False}
     return Encoder(OmegaConf.create({**cfg, "pretrained": False, "checkpoint": None}))
 
 
@@ -220,12 +220,13 @@ def test_language_model_is_outside_the_encoder_and_method():
     assert all(not p.requires_grad for p in sup.model.parameters()) and not sup.model.training
 
 
-def test_training_step_gradients_and_frozen_language_model():
-    enc = _encoder()
+@pytest.mark.parametrize("name", ["tiny-qwen3-vl", "tiny-internvl"])
+def test_training_step_gradients_and_frozen_language_model(name):
+    enc = _encoder(name)
     method = _method(enc)
     images, labels = _batch()
     method.next_batch = lambda: _batch(1)
-    sup = mllm.load_supervisor(mllm.TINY_NAME)
+    sup = mllm.load_supervisor(name)
     lm_before = {k: v.clone() for k, v in sup.model.state_dict().items()}
     groups = [{"params": enc.backbone_parameters()}] + [
         {"params": g.params, "lr": 2e-5 * g.lr_mult} for g in method.param_groups()
@@ -264,16 +265,19 @@ def test_grpo_reaches_only_the_tower_and_kl_only_the_pooler():
     assert kl_only.pooler.query.grad.abs().sum() > 0 and kl_only.pooler.key.weight.grad.abs().sum() > 0
 
 
-def test_teacher_attention_matches_eager_attention_on_the_right_positions():
-    enc = _encoder()
-    eager = mllm.build_tiny_model(seed=1, attn_implementation="eager")
+@pytest.mark.parametrize("name", ["tiny-qwen3-vl", "tiny-internvl"])
+def test_teacher_attention_matches_eager_attention_on_the_right_positions(name):
+    from benchmark.backbones._mllm_tiny import TINY_FAMILIES
+
+    enc = _encoder(name)
+    eager = mllm.build_tiny_model(name, seed=1, attn_implementation="eager")
     eager.requires_grad_(False).eval()
-    tok = mllm.build_tiny_tokenizer()
-    sup = mllm.Supervisor(
-        "tiny-eager", eager, tok, eager.config.image_token_id, [tok.convert_tokens_to_ids("<|im_end|>")]
-    )
+    family = TINY_FAMILIES[name]
+    tok = mllm.build_tiny_tokenizer(family)
+    sup = mllm.Supervisor("tiny-eager", eager, tok, eager.config.image_token_id, [tok.eos_token_id], family=family)
     feats = enc.backbone.encode(_batch()[0][:2]).detach()
     prefix = build_prefix(sup, build_prompt(CARD), 49, feats.grid_thw, torch.device("cpu"))
+    assert feats.tokens.shape == (2, 49, 64)
     image_mask = prefix.ids[0] == sup.image_token_id
     assert image_mask.sum() == 98 and torch.equal(prefix.image_positions.flatten(), image_mask.nonzero().flatten())
     assert prefix.image_positions[0].max() < prefix.image_positions[1].min()  # image a first (Eq. 1)
@@ -284,12 +288,14 @@ def test_teacher_attention_matches_eager_attention_on_the_right_positions():
     rows = {1: ([2, 3, 4], [7, 8])}
     _, maps = replay(sup, prefix, feats, ro, layer, rows)
     ids = torch.cat([prefix.ids.expand(2, -1), tokens], 1)
-    steps = torch.arange(12).view(1, 1, 12).expand(3, 2, 12) + prefix.next_position
+    rows_rope = prefix.position_ids.shape[0]
+    steps = torch.arange(12).view(1, 1, 12).expand(rows_rope, 2, 12) + prefix.next_position
     pos = torch.cat([prefix.position_ids.expand(-1, 2, -1), steps], 2)
+    pos = pos if family == "qwen3_vl" else pos[0]
     from methods.saga._rollout import _image_outputs
 
     out = eager.model(
-        input_ids=ids, position_ids=pos, mm_encoder_outputs=_image_outputs(feats, 2), output_attentions=True
+        input_ids=ids, position_ids=pos, mm_encoder_outputs=_image_outputs(sup, feats, 2), output_attentions=True
     )
     att = out.attentions[layer][1].mean(0)  # head-averaged, row 1
     for k, span in enumerate(rows[1]):
@@ -429,3 +435,17 @@ def test_baselines_run_on_the_mllm_tower_without_loading_its_language_model(tmp_
     record, _ = run(compose_config(overrides))
     assert records.is_complete(record) and record["backbone"]["pooling"] == "mean"
     assert record["backbone"]["feature_dim"] == 64 and not mllm._SUPERVISORS  # inference never loads the LM
+
+
+def test_internvl_tower_matches_the_library_image_features():
+    from benchmark.backbones.mllm import _tower_from_model
+
+    model = mllm.build_tiny_model("tiny-internvl", seed=2)
+    tower = _tower_from_model(model, "internvl", "tiny-internvl")
+    images = _batch()[0][:2]
+    ref = model.model.get_image_features(
+        pixel_values=images, vision_feature_layer=-1, vision_feature_select_strategy="default"
+    ).pooler_output
+    assert torch.allclose(tower(images), ref, atol=1e-5) and ref.shape == (2, 49, 64)
+    enc = _encoder("tiny-internvl")
+    assert enc.info.mean == mllm.IMAGENET_MEAN and enc.backbone.tokens_per_image(448, 448) == 196

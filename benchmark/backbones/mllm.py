@@ -1,11 +1,12 @@
 """The vision tower of a multimodal LLM as a backbone (``backbone.kind=mllm_vision``), and its frozen language model.
 
-``backbone.name`` is a Hugging Face hub id (default of SAGA: ``Qwen/Qwen3-VL-8B-Instruct``), a local directory
-holding such a checkpoint, or ``tiny-qwen3-vl``: a randomly initialised model of the same architecture built from a
-config in code, with a byte-level BPE tokenizer trained in code, for tests and CPU runs (no download).
+``backbone.name`` is a Hugging Face hub id (default of SAGA: ``Qwen/Qwen3-VL-8B-Instruct``; the paper's transfer
+ablation: ``OpenGVLab/InternVL3_5-8B-HF``), a local directory holding such a checkpoint, or ``tiny-qwen3-vl`` /
+``tiny-internvl``: randomly initialised models of the same architectures built in code (``_mllm_tiny``).
 
-The backbone returns the post-merger tokens that fill the image positions of the MLLM's input: ``B×N×D`` with
-``N = (H/32)·(W/32)`` (49 at 224², the SAGA paper's resolution) and ``D`` the language model's width. Only the vision
+The backbone returns the tokens that fill the image positions of the MLLM's input, ``B×N×D`` with ``D`` the
+language model's width: Qwen3-VL's post-merger tokens (``N = (H/32)·(W/32)``, 49 at 224², the SAGA paper's
+resolution) or InternVL's projected, pixel-shuffled tokens (``N = (H/28)²``, 64 at 224², 256 at 448²). Only the vision
 tower is loaded here; the language model is loaded on demand by :func:`load_supervisor` (SAGA's training-time
 supervisor), cached per name and kept outside every ``nn.Module`` tree, so it never enters an optimiser, a
 checkpoint or DDP, and evaluation never loads it.
@@ -21,9 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmark.backbones._mllm_tiny import TINY_FAMILIES, TINY_QWEN, build_tiny_model, build_tiny_tokenizer
 from benchmark.encoder import BackboneOutput, BackboneWeightsError, register_backbone
 
-TINY_NAME = "tiny-qwen3-vl"
+TINY_NAME = TINY_QWEN
+DEFAULT_INTERNVL = "OpenGVLab/InternVL3_5-8B-HF"  # App. C.2 transfer ablation (the HF-format release)
 DEFAULT_MLLM = "Qwen/Qwen3-VL-8B-Instruct"  # SAGA §7 item 1 (ours): the paper says only "Qwen3-VL-8B"
 #: The Qwen3-VL processor's normalisation (``image_mean = image_std = 0.5``), used by every Qwen3-VL checkpoint.
 QWEN_MEAN = (0.5, 0.5, 0.5)
@@ -31,44 +34,15 @@ QWEN_STD = (0.5, 0.5, 0.5)
 #: SAGA §7 item 3 (ours): force 224×224 so each image gives 14×14 patches -> 49 merged tokens (the processor's
 #: default min_pixels of 256² would upscale 224² images to 64 tokens).
 PROCESSOR_SIZE = {"shortest_edge": 224 * 224, "longest_edge": 224 * 224}
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
-# The Qwen chat layout for one user turn of images and text (what Qwen3-VL's own template produces for it).
-TINY_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\n' -}}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for c in message['content'] -%}"
-    "{%- if c['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif c['type'] == 'text' -%}{{- c['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
-)
-# Training text for the tiny tokenizer: JSON answers and the words of SAGA-style prompts (any text still encodes,
-# byte-level, just in more tokens).
-_TINY_CORPUS = [
-    '{"bird_1": {"bill shape": "short, cone-shaped, dark grey", "wing color": "blue with orange patch"},',
-    '"bird_2": {"bill shape": "long", "breast pattern": "striped"}, "differences": "the bill and the wing",',
-    '"confidence": "high", "medium", or "low", "reasoning": "one-sentence justification based on the attributes",',
-    '"same_species": "yes" or "no", "same_model": "no", "same_variant": "yes", "same_class": "yes"}',
-    "You are assisting an expert in identifying the class of an item from photographs.",
-    "specialists use the following visual attributes to distinguish between classes: color, shape, size, pattern",
-    "You are given two item photographs (Item 1 and Item 2). Please do the following: Describe Item 1",
-    "For each of the attributes listed above, describe what you observe. Use natural, concise language (e.g.",
-    "Do the same for Item 2. Key Differences: Summarize the most important visual differences between the two",
-    "Focus on the attributes that would help a specialist tell them apart. Prediction: Based on your observations,",
-    "are these two the same? Respond in JSON with the following structure: one entry per attribute, same keys",
-    "red green blue yellow black white grey orange purple brown round square triangle striped dotted plain large small",
-]
+#: InternVL normalises with ImageNet statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Where each family keeps its vision parts in a checkpoint, and how an image's placeholder run is wrapped.
+VISION_PREFIXES = {
+    "qwen3_vl": ("model.visual.", "visual."),
+    "internvl": ("model.vision_tower.", "vision_tower.", "model.multi_modal_projector.", "multi_modal_projector."),
+}
+IMAGE_WRAP = {"qwen3_vl": ("", ""), "internvl": ("<img>", "</img>")}
 
 
 @dataclass
@@ -77,12 +51,13 @@ class VisionTokens:
 
     tokens: torch.Tensor  # B×N×D: the tokens that fill the image positions of the LLM input
     deepstack: list[torch.Tensor]  # one B×N×D tensor per DeepStack layer (added to early LLM hidden states)
-    grid_thw: torch.Tensor  # B×3 patch grid (t, h, w) before the 2×2 merge
+    grid_thw: torch.Tensor | None  # B×3 patch grid (t, h, w) before the 2×2 merge (Qwen's M-RoPE); None: 1-D RoPE
 
     def select(self, index: int | torch.Tensor) -> VisionTokens:
         """The features of some images (a row index or an index tensor)."""
         index = torch.as_tensor(index, device=self.tokens.device).reshape(-1)
-        return VisionTokens(self.tokens[index], [d[index] for d in self.deepstack], self.grid_thw[index.cpu()])
+        grid = self.grid_thw[index.cpu()] if self.grid_thw is not None else None
+        return VisionTokens(self.tokens[index], [d[index] for d in self.deepstack], grid)
 
     def detach(self) -> VisionTokens:
         return VisionTokens(self.tokens.detach(), [d.detach() for d in self.deepstack], self.grid_thw)
@@ -140,91 +115,65 @@ class MLLMVisionTower(nn.Module):
         return self.encode(images).tokens
 
 
-# ----------------------------------------------------------------------------------------------------------- tiny
+class InternVLVisionTower(nn.Module):
+    """InternVL's vision tower: InternViT, pixel shuffle (0.5) and the MLP projector into the LM (all trained)."""
+
+    def __init__(self, vision_tower: nn.Module, projector: nn.Module, config: Any, mllm_name: str) -> None:
+        super().__init__()
+        self.vision_tower = vision_tower
+        self.projector = projector
+        self.mllm_name = mllm_name
+        self.downsample_ratio = float(config.downsample_ratio)
+        self.feature_layer = config.vision_feature_layer
+        self.select_strategy = config.vision_feature_select_strategy
+        patch = config.vision_config.patch_size
+        self.patch_size = int(patch[0] if isinstance(patch, (list, tuple)) else patch)
+        self.out_dim = int(config.text_config.hidden_size)
+
+    def tokens_per_image(self, height: int, width: int) -> int:
+        return int((height // self.patch_size) * (width // self.patch_size) * self.downsample_ratio**2)
+
+    def encode(self, images: torch.Tensor) -> VisionTokens:
+        """InternVL's ``get_image_features`` on a batch (its pixel shuffle is the library's own function)."""
+        from transformers.models.internvl.modeling_internvl import InternVLModel
+
+        h, w = images.shape[-2:]
+        step = int(self.patch_size / self.downsample_ratio)
+        if h != w or h % step:
+            raise ValueError(f"InternVL's tower needs square images with sides divisible by {step}; got {h}×{w}.")
+        dtype = next(self.vision_tower.parameters()).dtype
+        out = self.vision_tower(pixel_values=images.to(dtype), output_hidden_states=self.feature_layer != -1)
+        feats = out.last_hidden_state if self.feature_layer == -1 else out.hidden_states[self.feature_layer]
+        if self.select_strategy == "default":
+            feats = feats[:, 1:]  # drop CLS
+        b, n, c = feats.shape
+        side = int(round(n**0.5))
+        feats = InternVLModel.pixel_shuffle(None, feats.reshape(b, side, side, c), self.downsample_ratio)
+        return VisionTokens(self.projector(feats.reshape(b, -1, feats.shape[-1])), [], None)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode(images).tokens
 
 
-_TINY_TOKENIZER: Any = None
+#: The towers whose tokens a SAGA supervisor of the same MLLM consumes.
+MLLM_TOWERS = (MLLMVisionTower, InternVLVisionTower)
 
 
-def build_tiny_tokenizer() -> Any:
-    """A byte-level BPE tokenizer trained in code on a small corpus, with Qwen's special tokens and chat layout."""
-    global _TINY_TOKENIZER
-    if _TINY_TOKENIZER is not None:
-        return _TINY_TOKENIZER
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_TINY_CORPUS * 4, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", additional_special_tokens=[]
-    )
-    fast.chat_template = TINY_CHAT_TEMPLATE
-    _TINY_TOKENIZER = fast
-    return fast
+def family_of(config: Any, name: str) -> str:
+    """``qwen3_vl`` or ``internvl`` from a checkpoint's config; anything else is refused with what is supported."""
+    family = getattr(config, "model_type", None)
+    if family not in VISION_PREFIXES:
+        raise NotImplementedError(
+            f"backbone.kind=mllm_vision supports Qwen3-VL (model_type 'qwen3_vl') and InternVL in Hugging Face "
+            f"format (model_type 'internvl', e.g. {DEFAULT_INTERNVL}); '{name}' has model_type '{family}'."
+        )
+    return family
 
 
-def tiny_qwen3_vl_config(vocab_size: int) -> Any:
-    """A Qwen3-VL config of the real architecture at toy width: 2 ViT blocks (one DeepStack tap), 3 LLM layers."""
-    from transformers import Qwen3VLConfig
-
-    tok = build_tiny_tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    return Qwen3VLConfig(
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "out_hidden_size": 64,
-            "num_position_embeddings": 256,
-            "deepstack_visual_indexes": [0],
-        },
-        text_config={
-            "vocab_size": vocab_size,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 3,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [4, 2, 2],
-                "mrope_interleaved": True,
-            },
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-
-
-def build_tiny_model(seed: int = 0, attn_implementation: str = "sdpa") -> Any:
-    """The tiny Qwen3-VL (random weights, fixed seed) as ``Qwen3VLForConditionalGeneration``."""
-    from transformers import Qwen3VLForConditionalGeneration
-
-    config = tiny_qwen3_vl_config(len(build_tiny_tokenizer()))
-    config._attn_implementation = attn_implementation
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen3VLForConditionalGeneration(config)
-    return model
+def _tower_from_model(model: Any, family: str, name: str) -> nn.Module:
+    if family == "qwen3_vl":
+        return MLLMVisionTower(model.model.visual, name)
+    return InternVLVisionTower(model.model.vision_tower, model.model.multi_modal_projector, model.config, name)
 
 
 # ----------------------------------------------------------------------------------------------------- real path
@@ -247,24 +196,10 @@ def resolve_checkpoint_dir(name: str) -> Path:
         ) from err
 
 
-def _check_architecture(config: Any, name: str) -> None:
-    if getattr(config, "model_type", None) != "qwen3_vl":
-        raise NotImplementedError(
-            f"backbone.kind=mllm_vision supports Qwen3-VL checkpoints (model_type 'qwen3_vl'); '{name}' has "
-            f"model_type '{getattr(config, 'model_type', None)}'. InternVL3.5 (the paper's transfer ablation) is "
-            "not implemented yet."
-        )
-
-
-def load_vision_tower(path: Path) -> nn.Module:
-    """Only the vision tower's weights (``model.visual.*``) from a Qwen3-VL checkpoint directory."""
+def _vision_state(path: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The tensors under ``prefixes`` (prefix kept) from a checkpoint directory's safetensors files."""
     from safetensors import safe_open
-    from transformers import AutoConfig
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
-    config = AutoConfig.from_pretrained(path)
-    _check_architecture(config, str(path))
-    visual = Qwen3VLVisionModel._from_config(config.vision_config)
     index = path / "model.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else []
     files = files or [p.name for p in path.glob("*.safetensors")]
@@ -274,34 +209,57 @@ def load_vision_tower(path: Path) -> nn.Module:
     for fname in files:
         with safe_open(str(path / fname), framework="pt") as handle:
             for key in handle.keys():
-                for prefix in ("model.visual.", "visual."):
-                    if key.startswith(prefix):
-                        state[key[len(prefix) :]] = handle.get_tensor(key)
+                if key.startswith(prefixes):
+                    state[key] = handle.get_tensor(key)
     if not state:
-        raise BackboneWeightsError(f"{path} holds no vision-tower weights (keys 'model.visual.*').")
-    visual.load_state_dict(state, strict=True)
-    return visual
+        raise BackboneWeightsError(f"{path} holds no vision-tower weights (keys starting with {prefixes}).")
+    return state
+
+
+def _strip(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    return {k[len(p) :]: v for k, v in state.items() for p in prefixes if k.startswith(p)}
+
+
+def load_vision_tower(path: Path, name: str = "") -> nn.Module:
+    """Only the vision tower's weights from a Qwen3-VL or InternVL checkpoint directory (the LM is not read)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    family = family_of(config, name or str(path))
+    state = _vision_state(path, VISION_PREFIXES[family])
+    if family == "qwen3_vl":
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
+
+        visual = Qwen3VLVisionModel._from_config(config.vision_config)
+        visual.load_state_dict(_strip(state, VISION_PREFIXES[family]), strict=True)
+        return MLLMVisionTower(visual, name or str(path))
+    from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector, InternVLVisionModel
+
+    vision, projector = InternVLVisionModel._from_config(config.vision_config), InternVLMultiModalProjector(config)
+    vision.load_state_dict(_strip(state, ("model.vision_tower.", "vision_tower.")), strict=True)
+    projector.load_state_dict(_strip(state, ("model.multi_modal_projector.", "multi_modal_projector.")), strict=True)
+    return InternVLVisionTower(vision, projector, config, name or str(path))
 
 
 @register_backbone("mllm_vision")
 def build_mllm_vision_backbone(cfg: Any) -> BackboneOutput:
-    """The MLLM's vision tower: ``backbone.name`` = hub id, local directory, or ``tiny-qwen3-vl``."""
+    """The MLLM's vision tower: ``backbone.name`` = hub id, local directory, ``tiny-qwen3-vl`` or ``tiny-internvl``."""
     name = str(cfg.name)
-    if name == TINY_NAME:
-        visual = build_tiny_model(seed=int(cfg.get("seed", 0) or 0)).model.visual
-        source = f"{TINY_NAME} (random init, built in code)"
+    if name in TINY_FAMILIES:
+        tower = _tower_from_model(build_tiny_model(name, seed=int(cfg.get("seed", 0) or 0)), TINY_FAMILIES[name], name)
+        source = f"{name} (random init, built in code)"
     else:
         path = resolve_checkpoint_dir(name)
-        visual = load_vision_tower(path)
+        tower = load_vision_tower(path, name)
         source = f"hf:{name}" + (f" ({path})" if str(path) != name else "")
-    tower = MLLMVisionTower(visual, name)
+    qwen = isinstance(tower, MLLMVisionTower)
     return BackboneOutput(
         module=tower,
         feature_dim=tower.out_dim,
         num_prefix_tokens=0,
-        mean=QWEN_MEAN,
-        std=QWEN_STD,
-        interpolation="bicubic",  # the Qwen2-VL/Qwen3-VL image processor resamples bicubically
+        mean=QWEN_MEAN if qwen else IMAGENET_MEAN,
+        std=QWEN_STD if qwen else IMAGENET_STD,
+        interpolation="bicubic",  # both processors resample bicubically
         source=source,
         extra={"mllm": name, "tokens_per_image_at_224": tower.tokens_per_image(224, 224)},
     )
@@ -315,11 +273,17 @@ class Supervisor:
     """A frozen MLLM language model with its tokenizer. A plain object: it never joins an ``nn.Module`` tree."""
 
     name: str
-    model: Any  # Qwen3VLForConditionalGeneration, requires_grad False, eval(); its own vision tower is unused
+    model: Any  # *ForConditionalGeneration, requires_grad False, eval(); its own vision tower is unused
     tokenizer: Any
     image_token_id: int
     eos_token_ids: list[int]
     processor_size: dict[str, int] = field(default_factory=dict)
+    family: str = "qwen3_vl"  # qwen3_vl (M-RoPE, DeepStack) | internvl (1-D RoPE)
+
+    @property
+    def image_wrap(self) -> tuple[str, str]:
+        """Text around each image's run of placeholder tokens (InternVL: ``<img>`` … ``</img>``)."""
+        return IMAGE_WRAP[self.family]
 
     @property
     def num_layers(self) -> int:
@@ -342,23 +306,32 @@ def load_supervisor(name: str) -> Supervisor:
     """The frozen language model of the MLLM ``name`` (cached: loaded once per process and shared)."""
     if name in _SUPERVISORS:
         return _SUPERVISORS[name]
-    if name == TINY_NAME:
-        model = build_tiny_model(seed=1)
-        tokenizer = build_tiny_tokenizer()
-        size: dict[str, int] = {}
+    if name in TINY_FAMILIES:
+        family = TINY_FAMILIES[name]
+        model, tokenizer, size = build_tiny_model(name, seed=1), build_tiny_tokenizer(family), {}
     else:
-        from transformers import AutoConfig, AutoProcessor, AutoTokenizer, Qwen3VLForConditionalGeneration
+        from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
         path = resolve_checkpoint_dir(name)
-        _check_architecture(AutoConfig.from_pretrained(path), name)
+        family = family_of(AutoConfig.from_pretrained(path), name)
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
-        model.model.visual = nn.Identity()  # the encoder's own tower replaces it (tokens are passed in)
+        if family == "qwen3_vl":
+            from transformers import Qwen3VLForConditionalGeneration
+
+            model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+            model.model.visual = nn.Identity()  # the encoder's own tower replaces it (tokens are passed in)
+            kwargs: dict[str, Any] = {"size": dict(PROCESSOR_SIZE)}
+        else:
+            from transformers import InternVLForConditionalGeneration
+
+            model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+            model.model.vision_tower, model.model.multi_modal_projector = nn.Identity(), nn.Identity()
+            kwargs = {}
         try:
-            processor = AutoProcessor.from_pretrained(path, size=dict(PROCESSOR_SIZE))
-            tokenizer, size = processor.tokenizer, dict(processor.image_processor.size)
+            processor = AutoProcessor.from_pretrained(path, **kwargs)
+            tokenizer, size = processor.tokenizer, dict(getattr(processor.image_processor, "size", {}) or {})
         except (OSError, ValueError, TypeError):  # a directory with a tokenizer but no processor files
-            tokenizer, size = AutoTokenizer.from_pretrained(path), dict(PROCESSOR_SIZE)
+            tokenizer, size = AutoTokenizer.from_pretrained(path), dict(kwargs.get("size", {}))
     _freeze(model)
     eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
     sup = Supervisor(
@@ -368,6 +341,7 @@ def load_supervisor(name: str) -> Supervisor:
         image_token_id=int(model.config.image_token_id),
         eos_token_ids=[int(e) for e in eos if e is not None and e >= 0],
         processor_size=size,
+        family=family,
     )
     _SUPERVISORS[name] = sup
     return sup
@@ -379,7 +353,8 @@ def clear_supervisors() -> None:
 
 
 def _store_presets() -> None:
-    """``backbone=mllm_vision`` (Qwen3-VL-8B-Instruct's tower, SAGA §7 item 1) and ``backbone=tiny_qwen3_vl``."""
+    """``backbone=mllm_vision`` (Qwen3-VL-8B-Instruct's tower, SAGA §7 item 1), ``backbone=internvl_vision``
+    (InternVL3.5-8B, App. C.2) and the tiny test towers ``tiny_qwen3_vl`` / ``tiny_internvl``."""
     from hydra.core.config_store import ConfigStore
 
     from benchmark.config import BackboneConfig
@@ -388,6 +363,12 @@ def _store_presets() -> None:
     cs = ConfigStore.instance()
     cs.store(group="backbone", name="mllm_vision", node=BackboneConfig(name=DEFAULT_MLLM, pretrained=True, **common))
     cs.store(group="backbone", name="tiny_qwen3_vl", node=BackboneConfig(name=TINY_NAME, pretrained=False, **common))
+    cs.store(
+        group="backbone", name="internvl_vision", node=BackboneConfig(name=DEFAULT_INTERNVL, pretrained=True, **common)
+    )
+    cs.store(
+        group="backbone", name="tiny_internvl", node=BackboneConfig(name="tiny-internvl", pretrained=False, **common)
+    )
 
 
 _store_presets()

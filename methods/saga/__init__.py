@@ -138,9 +138,9 @@ class SAGA(Method):
     # ----------------------------------------------------------------------------------------------- embedding
     def _features(self, encoder: Any, images: torch.Tensor) -> Any:
         """Vision tokens (with DeepStack features) for the pooler and the LM; external encoders go via the projector."""
-        from benchmark.backbones.mllm import MLLMVisionTower, VisionTokens
+        from benchmark.backbones.mllm import MLLM_TOWERS, VisionTokens
 
-        if isinstance(encoder.backbone, MLLMVisionTower):
+        if isinstance(encoder.backbone, MLLM_TOWERS):
             feats = encoder.backbone.encode(images)
         else:
             tokens = encoder.tokens(images)[:, encoder.num_prefix_tokens :]
@@ -185,10 +185,12 @@ class SAGA(Method):
             sup.model.model.language_model.activation_checkpointing_enable({"use_reentrant": False})
         return sup
 
-    def _prefix(self, sup: Any, grid: torch.Tensor, device: torch.device) -> Any:
-        key = (sup.name, tuple(grid.tolist()), str(device))
+    def _prefix(self, sup: Any, feats: Any, device: torch.device) -> Any:
+        n = int(feats.tokens.shape[1])
+        key = (sup.name, n, str(device))
         if key not in self._prefixes:
-            self._prefixes[key] = build_prefix(sup, self.prompt, int(grid.prod()) // 4, grid[None].repeat(2, 1), device)
+            grid = feats.grid_thw[:1].repeat(2, 1) if feats.grid_thw is not None else None
+            self._prefixes[key] = build_prefix(sup, self.prompt, n, grid, device)
         return self._prefixes[key]
 
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -204,7 +206,7 @@ class SAGA(Method):
         with torch.no_grad():
             vision = self._to_llm(feats.select(order).detach())
         device = vision.tokens.device
-        prefix = self._prefix(sup, feats.grid_thw[0], device)
+        prefix = self._prefix(sup, feats, device)
         if cfg.rollout_constraint == "json_skeleton" and self._constraint is None:
             self._constraint = SkeletonConstraint(
                 sup.tokenizer, self.task.card, cfg.generic_prompt, sup.eos_token_ids[0]

@@ -50,26 +50,37 @@ def _cache_kwarg(model: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def build_prefix(sup: Any, prompt: str, tokens_per_image: int, grid_thw: torch.Tensor, device: torch.device) -> Prefix:
+def build_prefix(
+    sup: Any, prompt: str, tokens_per_image: int, grid_thw: torch.Tensor | None, device: torch.device
+) -> Prefix:
     """Chat-format ``[image, image, prompt]`` (one user turn, generation prompt; §7 item 7) and expand each image
-    placeholder to its ``tokens_per_image`` positions, as the Qwen3-VL processor does."""
+    placeholder to its ``tokens_per_image`` positions, as the family's processor does. Qwen3-VL positions are its
+    M-RoPE (temporal, height, width) ids; InternVL's are 1-D."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": prompt}]}]
     text = sup.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     pad = sup.tokenizer.convert_ids_to_tokens(sup.image_token_id)
     if text.count(pad) != 2:
         raise ValueError(f"The chat template produced {text.count(pad)} image placeholders for two images.")
-    text = text.replace(pad, pad * tokens_per_image)
+    start, end = sup.image_wrap
+    text = text.replace(pad, start + pad * tokens_per_image + end)
     ids = torch.tensor([sup.tokenizer.encode(text, add_special_tokens=False)], device=device)
     image_mask = ids[0] == sup.image_token_id
     positions = image_mask.nonzero().flatten().reshape(2, tokens_per_image)
-    rope, _ = sup.model.model.get_rope_index(
-        ids, mm_token_type_ids=image_mask[None].int(), image_grid_thw=grid_thw.to(device)
-    )
+    if sup.family == "qwen3_vl":
+        rope, _ = sup.model.model.get_rope_index(
+            ids, mm_token_type_ids=image_mask[None].int(), image_grid_thw=grid_thw.to(device)
+        )
+    else:
+        rope = torch.arange(ids.shape[1], device=device).view(1, 1, -1)
     return Prefix(ids, rope, positions, int(rope.max()) + 1)
 
 
-def _image_outputs(vision: Any, rows: int) -> dict[str, Any]:
+def _image_outputs(sup: Any, vision: Any, rows: int) -> dict[str, Any]:
     """``mm_encoder_outputs`` for ``rows`` copies of one pair (image a, image b per row), replacing the tower's run."""
+    if sup.family != "qwen3_vl":
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return {"image": BaseModelOutputWithPooling(pooler_output=vision.tokens.repeat(rows, 1, 1))}
     from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
     tokens = [vision.tokens[0], vision.tokens[1]] * rows
@@ -78,11 +89,13 @@ def _image_outputs(vision: Any, rows: int) -> dict[str, Any]:
 
 
 def _forward(sup: Any, ids: torch.Tensor, positions: torch.Tensor, vision: Any = None, cache: Any = None) -> Any:
-    kwargs: dict[str, Any] = {"input_ids": ids, "position_ids": positions, "use_cache": cache is not None}
+    """The frozen LM (through the MLLM's own forward: placeholder scatter, DeepStack) on ids and vision tokens."""
+    kwargs: dict[str, Any] = {"input_ids": ids, "use_cache": cache is not None}
+    kwargs["position_ids"] = positions if sup.family == "qwen3_vl" else positions[0]
     if cache is not None:
         kwargs[_cache_kwarg(sup.model)] = cache
     if vision is not None:
-        kwargs["mm_encoder_outputs"] = _image_outputs(vision, ids.shape[0])
+        kwargs["mm_encoder_outputs"] = _image_outputs(sup, vision, ids.shape[0])
     return sup.model.model(**kwargs)
 
 
@@ -230,7 +243,7 @@ def sample_rollouts(
         if bool(done.all()):
             tokens = tokens[:, : step + 1]
             break
-        pos = torch.full((3, g, 1), prefix.next_position + step, dtype=torch.long, device=device)
+        pos = torch.full((prefix.position_ids.shape[0], g, 1), prefix.next_position + step, device=device)
         hidden = _forward(sup, nxt[:, None], pos, cache=cache).last_hidden_state
     mask = torch.arange(tokens.shape[1], device=device)[None] < lengths[:, None]
     return Rollouts(tokens, mask, (~done).tolist(), time.perf_counter() - start, prefix_seconds)
@@ -253,13 +266,14 @@ def _teacher_maps(attn: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch
     """Head-averaged attention of query ``rows`` over all causal keys, restricted to ``image_pos`` and renormalised,
     then averaged over the rows (Eq. 6). Hand-written from the layer's own projections (flash/SDPA kernels return no
     weights); checked against eager ``output_attentions`` in the tests."""
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb, repeat_kv
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb, repeat_kv  # standard forms
 
     hd = attn.head_dim
     last = max(rows) + 1
     h = hidden[None, :last]
-    q = attn.q_norm(attn.q_proj(h[:, rows]).view(1, len(rows), -1, hd)).transpose(1, 2)
-    k = attn.k_norm(attn.k_proj(h).view(1, last, -1, hd)).transpose(1, 2)
+    q_norm, k_norm = getattr(attn, "q_norm", torch.nn.Identity()), getattr(attn, "k_norm", torch.nn.Identity())
+    q = q_norm(attn.q_proj(h[:, rows]).view(1, len(rows), -1, hd)).transpose(1, 2)
+    k = k_norm(attn.k_proj(h).view(1, last, -1, hd)).transpose(1, 2)
     q, _ = apply_rotary_pos_emb(q, q, cos[None, rows], sin[None, rows])
     k, _ = apply_rotary_pos_emb(k, k, cos[None, :last], sin[None, :last])
     k = repeat_kv(k, attn.num_key_value_groups)
@@ -287,7 +301,8 @@ def replay(
     g, t = rollouts.tokens.shape
     lp = prefix.length
     ids = torch.cat([prefix.ids.expand(g, -1), rollouts.tokens], dim=1)
-    steps = torch.arange(t, device=ids.device).view(1, 1, t).expand(3, g, t) + prefix.next_position
+    rope_rows = prefix.position_ids.shape[0]
+    steps = torch.arange(t, device=ids.device).view(1, 1, t).expand(rope_rows, g, t) + prefix.next_position
     positions = torch.cat([prefix.position_ids.expand(-1, g, -1), steps], dim=2)
     captured: dict[str, Any] = {}
     handle = None
