@@ -319,18 +319,23 @@ def test_shared_prefix_gives_the_same_rollouts_as_recomputing_it():
     assert torch.equal(runs[0].tokens, runs[1].tokens)
 
 
-def test_real_loading_path_from_a_local_directory(tmp_path):
-    model = mllm.build_tiny_model(seed=3)
+@pytest.mark.parametrize("name", ["tiny-qwen3-vl", "tiny-internvl"])
+def test_real_loading_path_from_a_local_directory(tmp_path, name):
+    from benchmark.backbones._mllm_tiny import TINY_FAMILIES
+
+    model = mllm.build_tiny_model(name, seed=3)
     model.save_pretrained(tmp_path)
-    mllm.build_tiny_tokenizer().save_pretrained(tmp_path)
+    mllm.build_tiny_tokenizer(TINY_FAMILIES[name]).save_pretrained(tmp_path)
     cfg = {"kind": "mllm_vision", "name": str(tmp_path), "pooling": "mean", "embedding_dim": 0, "freeze_bn": False}
     enc = Encoder(OmegaConf.create({**cfg, "pretrained": True, "checkpoint": None}))
-    saved = model.model.visual.state_dict()
-    assert all(torch.equal(v, saved[k]) for k, v in enc.backbone.visual.state_dict().items())
+    saved = mllm._tower_from_model(model, TINY_FAMILIES[name], name).state_dict()
+    assert saved.keys() == enc.backbone.state_dict().keys()
+    assert all(torch.equal(v, saved[k]) for k, v in enc.backbone.state_dict().items())
     sup = mllm.load_supervisor(str(tmp_path))
     try:
         assert torch.equal(sup.model.lm_head.weight, model.lm_head.weight)
         assert sup.eos_token_ids and not any(p.requires_grad for p in sup.model.parameters())
+        assert sup.family == TINY_FAMILIES[name]
     finally:
         mllm._SUPERVISORS.pop(str(tmp_path), None)
     with pytest.raises(mllm.BackboneWeightsError, match="backbone.name=DIR"):
