@@ -18,6 +18,8 @@ commands:
   score FILE.npz [--json]    the protocol's metrics for any embeddings (arrays 'embeddings' N×D, 'labels' N)
   prepare dataset=X dataset.root=DIR
                              fetch (where a public URL exists), verify and validate a dataset copy
+  leaderboard DIRS... [--out leaderboard/]
+                             gather run records into Markdown/LaTeX/CSV/HTML tables and figures
 """
 
 
@@ -67,6 +69,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
 }
 
 
+#: Commands implemented by a module's own ``main(argv)``.
+PASSTHROUGH = {"leaderboard": "benchmark.leaderboard"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmark", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help=COMMANDS["prepare"][1])
     p.add_argument("overrides", nargs="*", help="dataset=NAME dataset.root=DIR")
     p.add_argument("--no-download", action="store_true", help="only validate the copy already in dataset.root")
+    for name, module in PASSTHROUGH.items():
+        sub.add_parser(name, help=f"see python -m benchmark {name} --help ({module})", add_help=False)
     return parser
 
 
@@ -92,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:  # commands that parse their own arguments
+        module = __import__(PASSTHROUGH[argv[0]], fromlist=["main"])
+        return module.main(argv[1:])
     parser = build_parser()
     if not argv:
         parser.print_help()

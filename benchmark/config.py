@@ -58,7 +58,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     m_per_class: int = 4  # m-per-class sampler: batch_size/m_per_class classes per batch
-    lr: float = 1e-4  # Proxy Anchor's AdamW base learning rate
+    lr: float | None = None  # None: the dataset card's value, else 1e-4 (Proxy Anchor's AdamW base rate)
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.0  # linear learning-rate warm-up, then cosine decay
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr

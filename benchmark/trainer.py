@@ -60,16 +60,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+#: Values used when neither the command line nor the dataset card sets a field left at None.
+FALLBACKS = {"data.image_size": 224, "backbone.name": "resnet50", "backbone.pretrained": True, "train.lr": 1e-4}
+
+
 def resolve_card_defaults(cfg: DictConfig, card: dict[str, Any]) -> None:
-    """Fill the fields left at None from the dataset card's defaults (image size, backbone, pretrained)."""
+    """Fill the config fields left at None from the dataset card's ``defaults`` (then :data:`FALLBACKS`).
+
+    A card's ``defaults`` may hold ``image_size`` and ``backbone``/``train``/``data`` sections, e.g. the embedded
+    datasets train a small CNN from scratch at a higher learning rate than the paper protocols' pretrained ones.
+    """
     defaults = card.get("defaults") or {}
-    backbone_defaults = defaults.get("backbone") or {}
-    if cfg.data.image_size is None:
-        cfg.data.image_size = int(defaults.get("image_size", 224))
-    if cfg.backbone.name is None:
-        cfg.backbone.name = backbone_defaults.get("name", "resnet50")
-    if cfg.backbone.pretrained is None:
-        cfg.backbone.pretrained = bool(backbone_defaults.get("pretrained", True))
+    sections = {"data": {"image_size": defaults.get("image_size"), **(defaults.get("data") or {})},
+                "backbone": defaults.get("backbone") or {}, "train": defaults.get("train") or {}}
+    for section, values in sections.items():
+        for key, value in values.items():
+            if key in cfg[section] and cfg[section][key] is None and value is not None:
+                cfg[section][key] = value
+    for dotted, value in FALLBACKS.items():
+        section, key = dotted.split(".")
+        if cfg[section][key] is None:
+            cfg[section][key] = value
 
 
 def run_directory(cfg: DictConfig) -> Path:
@@ -327,7 +338,7 @@ class Trainer:
                 recorder.append_history(entry)
                 self.save_checkpoint()
                 recorder.write(status="running", train_s=train_time)
-                print(_epoch_line(entry))
+                print(_epoch_line(entry), flush=True)
         except Exception as err:
             if not isinstance(err, StopRequested):
                 recorder.write(status="failed", error=f"{type(err).__name__}: {err}")

@@ -211,7 +211,8 @@ def read_procedural_attributes(card: dict[str, Any], root: Path | None, strict: 
             f"Unknown option(s) {unknown} for dataset '{card.get('name', 'attributes')}'. "
             f"Known options: {', '.join(DEFAULT_OPTIONS)}."
         )
-    resolved = {**DEFAULT_OPTIONS, **(card.get("defaults") or {}), **options}
+    card_defaults = {k: v for k, v in (card.get("defaults") or {}).items() if k in DEFAULT_OPTIONS}
+    resolved = {**DEFAULT_OPTIONS, **card_defaults, **options}
     try:
         images, labels, table = generate(
             resolved["seed"], resolved["classes"], resolved["per_class"], resolved["image_size"]

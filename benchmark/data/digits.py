@@ -51,7 +51,8 @@ def read_sklearn_digits(card: dict[str, Any], root: Path | None, strict: bool, *
             f"Unknown option(s) {unknown} for dataset '{card.get('name', 'digits')}'. "
             f"Known options: {', '.join(DEFAULT_OPTIONS)}."
         )
-    resolved = {**DEFAULT_OPTIONS, **(card.get("defaults") or {}), **options}
+    card_defaults = {k: v for k, v in (card.get("defaults") or {}).items() if k in DEFAULT_OPTIONS}
+    resolved = {**DEFAULT_OPTIONS, **card_defaults, **options}
     try:
         images, labels = load_digits_rgb(resolved["image_size"])
     except ValueError as err:

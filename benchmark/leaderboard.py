@@ -1,0 +1,349 @@
+"""The leaderboard: run records -> comparison tables (Markdown, LaTeX, CSV, HTML) and figures.
+
+``python -m benchmark leaderboard RUNS_OR_SWEEP_DIRS... --out leaderboard/`` gathers every ``record.json`` (schema in
+``RECORD_SCHEMA.md``) under the given directories, aggregates the seeds of each configuration (mean ± sample std),
+and writes one table per (protocol hash, selection rule): tables never mix protocols or selection rules. The numbers
+published in papers (``leaderboard/reported/*.yaml``) are shown in their own tables, never ranked with our runs.
+Records that are not finished results (corrupted, partial, running, failed, another schema version, a duplicate of a
+run already gathered) are listed in a "skipped" section with the reason; they never stop the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmark.records import METRIC_KEYS as METRICS
+from benchmark.records import SCHEMA_VERSION
+
+COMMAND = "python -m benchmark leaderboard"
+RECALL_KS = tuple(int(m.split("@")[1]) for m in METRICS if m.startswith("recall@"))
+SELECTION_RULES = ("val", "last", "test")
+FORMATS = ("md", "csv", "tex", "html", "png")
+DEFAULT_REPORTED_DIR = Path(__file__).resolve().parents[1] / "leaderboard" / "reported"
+_REQUIRED = ("run_id", "method", "dataset", "seed", "backbone", "selection", "metrics", "protocol", "config_hash")
+
+RUN_COLUMNS = [
+    "path", "run_id", "dataset", "method", "backbone", "backbone_source", "embedding_dim", "pooling", "image_size",
+    "train_transform", "test_transform", "selection_rule", "selection_metric", "selection_epoch", "protocol_hash",
+    "protocol_version", "config_hash", "seed", *METRICS, "git_sha", "git_dirty", "finished",
+]  # fmt: skip
+# One table per (protocol, selection rule); within it, rows compare inside (dataset, backbone, embedding size).
+TABLE_KEYS = ["protocol_hash", "selection_rule"]
+COMPARE_KEYS = [*TABLE_KEYS, "dataset", "backbone", "embedding_dim"]
+GROUP_KEYS = [*COMPARE_KEYS, "method", "config_hash"]
+_DESCRIPTIVE = ["backbone_source", "pooling", "image_size", "train_transform", "test_transform", "protocol_version"]
+
+
+# The engine moves a finished run aside as <run dir>.old-<timestamp> when the same config is re-run (force=true).
+ARCHIVED = re.compile(r"\.old-[0-9-]+$")
+# Text columns of the CSV files: read back as text even when a hash or a seed list looks like a number.
+TEXT_COLUMNS = {
+    "path", "run_id", "dataset", "method", "backbone", "backbone_source", "pooling", "train_transform",
+    "test_transform", "selection_rule", "selection_metric", "protocol_hash", "config_hash", "git_sha", "finished",
+    "seeds", "git_shas", "entry", "reason", "source", "title", "citation", "notes", "file", "metric", "unit",
+}  # fmt: skip
+
+
+def read_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read back a CSV file the leaderboard wrote (text columns stay text: a hash like ``0123`` is not a number)."""
+    header = pd.read_csv(path, nrows=0).columns
+    return pd.read_csv(path, dtype={c: str for c in header if c in TEXT_COLUMNS})
+
+
+def _display_path(path: Path) -> str:
+    """A path relative to the working directory when it lies below it (stable output across machines)."""
+    resolved, cwd = Path(path).resolve(), Path.cwd().resolve()
+    return resolved.relative_to(cwd).as_posix() if resolved.is_relative_to(cwd) else Path(path).as_posix()
+
+
+def _find_records(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[dict[str, str]]]:
+    """Every record.json under ``paths`` (sorted, without repeats), and run directories that never wrote one."""
+    found: dict[Path, Path] = {}
+    unfinished: list[dict[str, str]] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise FileNotFoundError(
+                f"{p} does not exist: pass run directories, sweep directories or record.json files "
+                "(a run directory is <out>/<dataset>/<method>/<run_id>/ and holds record.json)."
+            )
+        if p.is_file():
+            found.setdefault(p.resolve(), p)
+            continue
+        for dirpath, dirnames, filenames in os.walk(p):
+            dirnames.sort()
+            d = Path(dirpath)
+            if ARCHIVED.search(d.name) and ("record.json" in filenames or "metrics.jsonl" in filenames):
+                reason = "archived run (moved aside when the configuration was re-run with force=true)"
+                unfinished.append({"path": _display_path(d), "reason": reason})
+            elif "record.json" in filenames:
+                found.setdefault((d / "record.json").resolve(), d / "record.json")
+            elif "metrics.jsonl" in filenames or "checkpoints" in dirnames:
+                reason = "unfinished: the run directory has no record.json (still running, or killed before the end)"
+                unfinished.append({"path": _display_path(d), "reason": reason})
+    return [found[k] for k in sorted(found)], unfinished
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """Parse one record.json into a leaderboard row; returns ``(row, None)`` or ``(None, reason it is skipped)``."""
+    try:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"unreadable: {e}"
+    except json.JSONDecodeError as e:
+        return None, f"corrupted or truncated JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+    if not isinstance(rec, dict):
+        return None, "corrupted: the top level is not a JSON object"
+    version = rec.get("schema_version")
+    if version != SCHEMA_VERSION:
+        if version is None or (isinstance(version, int) and version < SCHEMA_VERSION):
+            return None, (
+                f"older record schema (schema_version {version}; this leaderboard reads version {SCHEMA_VERSION}): "
+                "re-run the configuration or convert the record"
+            )
+        return (
+            None,
+            f"unknown schema_version {version!r} (this leaderboard reads {SCHEMA_VERSION}): update the benchmark",
+        )
+    status = rec.get("status")
+    if status != "completed":
+        if status == "failed":
+            return None, f"failed run: {rec.get('error') or 'no error message recorded'}"
+        return None, f"unfinished: status {status!r} (only 'completed' records are results)"
+    missing = [k for k in _REQUIRED if rec.get(k) is None]
+    if missing:
+        return None, f"partial record: missing {', '.join(missing)}"
+    backbone, selection, protocol = rec["backbone"], rec["selection"], rec["protocol"]
+    test = rec["metrics"].get("test") if isinstance(rec["metrics"], dict) else None
+    if not all(isinstance(x, dict) for x in (backbone, selection, protocol, test)):
+        return None, "partial record: backbone, selection, protocol and metrics.test must be JSON objects"
+    missing = [f"backbone.{k}" for k in ("name", "embedding_dim") if backbone.get(k) is None]
+    missing += ["selection.rule"] if selection.get("rule") is None else []
+    missing += ["protocol.hash"] if protocol.get("hash") is None else []
+    missing += [f"metrics.test.{m}" for m in METRICS if m not in test]
+    if missing:
+        return None, f"partial record: missing {', '.join(missing)}"
+    if selection["rule"] not in SELECTION_RULES:
+        return None, f"corrupted: selection.rule {selection['rule']!r} is not one of {', '.join(SELECTION_RULES)}"
+    if isinstance(rec["seed"], bool) or not isinstance(rec["seed"], int):
+        return None, f"corrupted: seed {rec['seed']!r} is not an integer"
+    row: dict[str, Any] = {}
+    for m in METRICS:
+        v = _number(test[m])
+        if v is None or not 0.0 <= v <= 1.0:
+            return None, f"corrupted: metrics.test.{m} = {test[m]!r} is not a number in [0, 1]"
+        row[m] = v
+    data = rec.get("data") if isinstance(rec.get("data"), dict) else {}
+    git = rec.get("git") if isinstance(rec.get("git"), dict) else {}
+    timings = rec.get("timings") if isinstance(rec.get("timings"), dict) else {}
+    row.update(
+        path=_display_path(Path(path)),
+        run_id=str(rec["run_id"]),
+        dataset=str(rec["dataset"]),
+        method=str(rec["method"]),
+        backbone=str(backbone["name"]),
+        backbone_source=backbone.get("source"),
+        embedding_dim=int(backbone["embedding_dim"]),
+        pooling=backbone.get("pooling"),
+        image_size=data.get("image_size"),
+        train_transform=data.get("train_transform"),
+        test_transform=data.get("test_transform"),
+        selection_rule=selection["rule"],
+        selection_metric=selection.get("metric"),
+        selection_epoch=selection.get("epoch"),
+        protocol_hash=str(protocol["hash"]),
+        protocol_version=protocol.get("version"),
+        config_hash=str(rec["config_hash"]),
+        seed=rec["seed"],
+        git_sha=git.get("sha"),
+        git_dirty=git.get("dirty"),
+        finished=timings.get("finished") or timings.get("updated"),
+    )
+    return row, None
+
+
+def gather(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """Read every run record under ``paths`` into one DataFrame (one row per run, columns :data:`RUN_COLUMNS`).
+
+    Returns ``(runs, skipped)``; ``skipped`` lists ``{"path", "reason"}`` for each record that is not a finished
+    result, and for each duplicate (same protocol, config hash and seed as a run already kept: the first one to
+    finish, then the first path, is kept). Raises FileNotFoundError for a path that does not exist.
+    """
+    files, skipped = _find_records(paths)
+    rows = []
+    for f in files:
+        row, reason = read_record(f)
+        if row is None:
+            skipped.append({"path": _display_path(f), "reason": reason})
+        else:
+            rows.append(row)
+    rows.sort(key=lambda r: (r["finished"] is None, str(r["finished"] or ""), r["path"]))
+    kept: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        key = (r["protocol_hash"], r["dataset"], r["method"], r["config_hash"], r["seed"])
+        if key in kept:
+            reason = (
+                f"duplicate of {kept[key]['path']} (same config {r['config_hash']} and seed {r['seed']}); "
+                "the first run to finish is kept"
+            )
+            skipped.append({"path": r["path"], "reason": reason})
+        else:
+            kept[key] = r
+    runs = pd.DataFrame(list(kept.values()), columns=RUN_COLUMNS)
+    runs = runs.sort_values([*GROUP_KEYS, "seed", "path"], kind="stable").reset_index(drop=True)
+    return runs, sorted(skipped, key=lambda s: (s["path"], s["reason"]))
+
+
+def aggregate(runs: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
+    """Mean and sample std (ddof=1) over seeds per configuration, with seed counts, flags and deltas.
+
+    One row per (protocol, selection rule, dataset, backbone, embedding size, method, config hash), sorted in that
+    order. Columns: the keys, ``n_seeds``, ``seeds``, ``<metric>_mean`` / ``<metric>_std`` for each of
+    :data:`METRICS` (fractions), ``fewer_seeds`` (fewer seeds than the most in the same table), ``entry`` (a label
+    unique within its comparison group) and, with ``reference``, ``delta_<metric>`` = mean − the reference
+    method's mean in the same (dataset, protocol, selection rule, backbone, embedding size) group (NaN where that
+    group has no reference row, or several configurations of it).
+    """
+    means = [f"{m}_mean" for m in METRICS]
+    cols = [*GROUP_KEYS, *_DESCRIPTIVE, "n_seeds", "seeds", *(c for m in METRICS for c in (f"{m}_mean", f"{m}_std"))]
+    cols += ["git_shas", "fewer_seeds", "entry"] + ([f"delta_{m}" for m in METRICS] if reference else [])
+    if runs.empty:
+        return pd.DataFrame(columns=cols)
+    if reference is not None and reference not in set(runs["method"]):
+        raise ValueError(
+            f"Reference method '{reference}' has no runs here; methods with runs: {', '.join(sorted(set(runs['method'])))}."
+        )
+    g = runs.groupby(GROUP_KEYS, sort=True, dropna=False)
+    out = g[_DESCRIPTIVE].first()
+    out["n_seeds"] = g["seed"].nunique()
+    out["seeds"] = g["seed"].agg(lambda s: ",".join(str(x) for x in sorted(s)))
+    for m in METRICS:
+        out[f"{m}_mean"] = g[m].mean()
+        out[f"{m}_std"] = g[m].std(ddof=1)
+    out["git_shas"] = g["git_sha"].agg(lambda s: ",".join(sorted({str(x)[:10] for x in s if x})))
+    out = out.reset_index()
+    out["fewer_seeds"] = out["n_seeds"] < out.groupby(TABLE_KEYS)["n_seeds"].transform("max")
+    # A method shown twice in one comparison group (two configurations) is told apart by its config hash.
+    repeats = out.groupby([*COMPARE_KEYS, "method"])["config_hash"].transform("nunique") > 1
+    out["entry"] = out["method"].where(~repeats, out["method"] + " [" + out["config_hash"].str[:8] + "]")
+    if reference is not None:
+        ref = out[out["method"] == reference]
+        ref = ref[~ref.duplicated(COMPARE_KEYS, keep=False)]  # several reference configs: no delta, never a guess
+        merged = out[COMPARE_KEYS].merge(ref[[*COMPARE_KEYS, *means]], on=COMPARE_KEYS, how="left")
+        for m in METRICS:
+            out[f"delta_{m}"] = out[f"{m}_mean"].to_numpy() - merged[f"{m}_mean"].to_numpy()
+    return out[cols].reset_index(drop=True)
+
+
+def build_leaderboard(
+    paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike = "leaderboard",
+    reference: str | None = None,
+    formats: Iterable[str] = FORMATS,
+    metric: str = "recall@1",
+    reported_dir: str | os.PathLike | None = DEFAULT_REPORTED_DIR,
+    command: str | None = None,
+) -> dict[str, Path]:
+    """Gather, aggregate and write the leaderboard into ``out_dir``; returns ``{name: written path}``.
+
+    ``formats`` is any of :data:`FORMATS`; ``metric`` is the one the figures and the gain plot show;
+    ``reported_dir`` holds the published numbers (None: leave them out); ``command`` is the regeneration command
+    printed in the README (default: rebuilt from the arguments).
+    """
+    from benchmark import _leaderboard_figures as figures
+    from benchmark import _leaderboard_render as render
+    from benchmark._leaderboard_html import to_html
+    from benchmark._leaderboard_reported import load_reported
+
+    formats = set(formats)
+    unknown = formats - set(FORMATS)
+    if unknown:
+        raise ValueError(f"Unknown output format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}.")
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric '{metric}'; choose from {', '.join(METRICS)}.")
+    out = Path(out_dir)
+    runs, skipped = gather(paths)
+    agg = aggregate(runs, reference)
+    reported = load_reported(reported_dir) if reported_dir is not None else None
+    out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be usable
+    if command is None:
+        ref_arg = f" --reference {reference}" if reference else ""
+        metric_arg = f" --metric {metric}" if metric != "recall@1" else ""
+        shown = " ".join(Path(p).as_posix() for p in paths)
+        command = f"{COMMAND} {shown} --out {out.as_posix()}{ref_arg}{metric_arg}".replace("  ", " ")
+    written: dict[str, Path] = {}
+    if "csv" in formats:
+        written.update(render.write_csvs(out, runs, agg, skipped, reported))
+    figs: dict[str, Path] = {}
+    if "png" in formats:
+        figs = figures.write_figures(out / "figures", runs, agg, reported, reference, metric)
+        written.update({f"figure:{k}": v for k, v in figs.items()})
+    ctx = render.Context(runs, agg, skipped, reported, reference, metric, command, figs, out)
+    if "tex" in formats:
+        written["tex"] = render.write_atomic(out / "leaderboard.tex", render.to_latex(ctx))
+    if "html" in formats:
+        written["html"] = render.write_atomic(out / "leaderboard.html", to_html(ctx))
+    if "md" in formats:
+        written["md"] = render.write_atomic(out / "README.md", render.to_markdown(ctx))
+    return written
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmark leaderboard`` (also used to re-run the README's command)."""
+    parser = argparse.ArgumentParser(
+        prog=COMMAND,
+        description="Gather run records into comparison tables (Markdown, LaTeX, CSV, HTML) and figures.",
+    )
+    parser.add_argument("paths", nargs="*", help="run or sweep directories, or record.json files (none: reported only)")
+    parser.add_argument("--out", default="leaderboard", help="output directory (default: leaderboard/)")
+    parser.add_argument("--reference", default=None, help="method the deltas and the gain figure compare against")
+    parser.add_argument("--metric", default="recall@1", choices=METRICS, help="metric of the figures (default R@1)")
+    parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
+    parser.add_argument("--reported", default=str(DEFAULT_REPORTED_DIR), help="directory of published numbers (YAML)")
+    parser.add_argument("--no-reported", action="store_true", help="leave the published numbers out")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``python -m benchmark leaderboard PATHS... [--out DIR] [--reference METHOD] [--metric M]``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = make_parser().parse_args(argv)
+    command = " ".join([COMMAND, *(shlex.quote(a) for a in argv)])
+    try:
+        written = build_leaderboard(
+            args.paths,
+            args.out,
+            reference=args.reference,
+            formats=[f.strip() for f in args.formats.split(",") if f.strip()],
+            metric=args.metric,
+            reported_dir=None if args.no_reported else args.reported,
+            command=command,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,54 @@
+"""Shared plumbing for methods whose loss (and miner) come from pytorch-metric-learning (not a plugin itself)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from benchmark.method import EmbeddingLossMethod, ParamGroup, TaskInfo
+
+
+class PmlLossMethod(EmbeddingLossMethod):
+    """A method whose loss is a pytorch-metric-learning loss, optionally fed by a miner.
+
+    Subclasses implement :meth:`build_criterion` (and :meth:`build_miner`). A loss with learnable class weights
+    (proxies, centres) exposes them as one parameter group at ``cfg.proxy_lr_mult`` (the paper's ratio, cited in
+    :attr:`proxy_lr_source`), with ``proxy_weight_decay`` (None: the engine's).
+    """
+
+    proxy_lr_source: ClassVar[str] = ""
+    proxy_weight_decay: ClassVar[float | None] = None
+
+    def __init__(self, cfg: Any, task: TaskInfo) -> None:
+        super().__init__(cfg, task)
+        self.criterion = self.build_criterion()
+        self.miner = self.build_miner()
+
+    def build_criterion(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_miner(self) -> nn.Module | None:
+        return None
+
+    def param_groups(self) -> list[ParamGroup]:
+        params = [p for p in self.criterion.parameters() if p.requires_grad]
+        if not params:
+            return []
+        return [
+            ParamGroup(
+                "proxies",
+                params,
+                lr_mult=float(getattr(self.cfg, "proxy_lr_mult", 1.0)),
+                weight_decay=self.proxy_weight_decay,
+                source=self.proxy_lr_source,
+            )
+        ]
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # Similarities in fp32 even under the engine's bf16 autocast (margins of 0.01-0.4 on cosines need the digits).
+        with torch.autocast(embeddings.device.type, enabled=False):
+            embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+            indices = self.miner(embeddings, labels) if self.miner is not None else None
+            return self.criterion(embeddings, labels, indices)
