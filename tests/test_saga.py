@@ -180,7 +180,7 @@ def _encoder(name: str = mllm.TINY_NAME) -> Encoder:
 
 def _method(encoder: Encoder, **overrides):
     cls = get_method("saga")
-    base = dict(metric_loss="proxy_anchor", embedding_dim=32, group_size=4, num_pairs=1, pairs_per_batch=2)
+    base = dict(metric_loss="potential_field", embedding_dim=32, group_size=4, num_pairs=1, pairs_per_batch=2)
     base |= dict(max_new_tokens=160, rollout_constraint="json_skeleton", max_refill_batches=2)
     cfg = OmegaConf.structured(cls.config_class(**(base | overrides)))
     return cls(cfg, TaskInfo(num_classes=4, embedding_dim=encoder.embedding_dim, dataset="toy", card=CARD))
@@ -454,3 +454,16 @@ def test_internvl_tower_matches_the_library_image_features():
     assert torch.allclose(tower(images), ref, atol=1e-5) and ref.shape == (2, 49, 64)
     enc = _encoder("tiny-internvl")
     assert enc.info.mean == mllm.IMAGENET_MEAN and enc.backbone.tokens_per_image(448, 448) == 196
+
+
+def test_metric_loss_factory_defaults_to_potential_field_with_its_proxies():
+    enc = _encoder()
+    method = _method(enc)
+    from methods.potential_field import PotentialFieldLoss
+
+    assert isinstance(method.metric, PotentialFieldLoss)
+    groups = {g.name: g for g in method.param_groups()}
+    assert groups["saga_pooler"].lr_mult == 5.0  # App. B: 1e-4 pooler / 2e-5 encoder
+    assert groups["metric_proxies"].params == [method.metric.proxies]
+    with pytest.raises(ValueError, match="metric_loss"):
+        _method(enc, metric_loss="triplet")

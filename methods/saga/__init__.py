@@ -82,9 +82,14 @@ class SAGA(Method):
     year = 2026
     url = "https://arxiv.org/abs/2606.15134"
     config_class = SAGAConfig
+    needs_mllm: ClassVar[bool] = True  # the training step needs an MLLM supervisor (backbone.kind=mllm_vision)
     #: The paper's engine settings (App. B, App. A) as config overrides; the pooler's 1e-4 is pooler_lr_mult=5.
     recommended: ClassVar[dict[str, Any]] = {
-        "backbone": "mllm_vision",  # Qwen/Qwen3-VL-8B-Instruct's tower, no head (SAGA's pooler replaces it)
+        "backbone.kind": "mllm_vision",  # = the backbone=mllm_vision preset
+        "backbone.name": "Qwen/Qwen3-VL-8B-Instruct",  # §7 item 1 (ours); App. C.2: OpenGVLab/InternVL3_5-8B-HF
+        "backbone.pretrained": True,
+        "backbone.embedding_dim": None,  # no encoder head: SAGA's pooler and W_o replace it
+        "backbone.freeze_bn": False,
         "data.transform": "saga",  # App. A: resize to 224², no crop (§7 item 4)
         "data.image_size": 224,  # 49 tokens per image
         "train.lr": 2e-5,  # App. B (encoder); the pooler's 1e-4 is method.pooler_lr_mult=5
