@@ -72,6 +72,7 @@ def test_training_step_gradients_and_frozen_language_model(name):
     for key in ("reward_mean", "contributing_fraction", "refills_per_step", "parse_failure_rate", "gen_tokens_per_s"):
         assert key in diag and math.isfinite(diag[key])
     assert diag["loss_grpo_mean"] == out["loss_grpo"]
+    assert 0 <= diag["log_ratio_max"] < 1e-3  # fp32: the replay reproduces the sampling distribution (ratio 1)
 
 
 def test_grpo_reaches_only_the_tower_and_kl_only_the_pooler():
@@ -108,7 +109,7 @@ def test_teacher_attention_matches_eager_attention_on_the_right_positions(name):
     assert image_mask.sum() == 98 and torch.equal(prefix.image_positions.flatten(), image_mask.nonzero().flatten())
     assert prefix.image_positions[0].max() < prefix.image_positions[1].min()  # image a first (Eq. 1)
     tokens = torch.randint(10, 200, (2, 12), generator=torch.Generator().manual_seed(0))
-    ro = Rollouts(tokens, torch.ones_like(tokens, dtype=torch.bool), [False, False], 0.0, 0.0)
+    ro = Rollouts(tokens, torch.ones_like(tokens, dtype=torch.bool), torch.zeros(2, 12), [False, False], 0.0, 0.0)
     layer = teacher_layer_index(sup, 26, tiny=True)
     assert layer == 1
     rows = {1: ([2, 3, 4], [7, 8])}
@@ -211,3 +212,28 @@ def test_metric_loss_factory_defaults_to_potential_field_with_its_proxies():
     assert groups["metric_proxies"].params == [method.metric.proxies]
     with pytest.raises(ValueError, match="metric_loss"):
         _method(enc, metric_loss="triplet")
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen3-vl", "tiny-internvl"])
+def test_replay_positions_match_the_library_and_the_cached_decoding(name):
+    from methods.saga._rollout import _image_outputs
+
+    enc = _encoder(name)
+    sup = mllm.load_supervisor(name)
+    feats = enc.backbone.encode(_batch()[0][:2]).detach()
+    prefix = build_prefix(sup, build_prompt(CARD), 49, feats.grid_thw, torch.device("cpu"))
+    ro = sample_rollouts(sup, prefix, feats, 2, 0.7, 0.95, 8, None, torch.Generator().manual_seed(0))
+    logprobs, _ = replay(sup, prefix, feats, ro)
+    # on-policy: the replay through the full sequence gives the decoding-time log-probs (ratio 1, Sec. 3.2)
+    assert torch.allclose(logprobs[ro.mask], ro.logprobs[ro.mask], atol=1e-4)
+    # the library's own positions (M-RoPE from the whole sequence, or 1-D) give the same log-probabilities
+    ids = torch.cat([prefix.ids.expand(2, -1), ro.tokens], 1)
+    kwargs = {"input_ids": ids, "mm_encoder_outputs": _image_outputs(sup, feats, 2)}
+    if sup.family == "qwen3_vl":
+        kwargs |= {
+            "mm_token_type_ids": (ids == sup.image_token_id).int(),
+            "image_grid_thw": feats.grid_thw.repeat(2, 1),
+        }
+    logits = sup.model(**kwargs).logits[:, prefix.length - 1 : -1].float()
+    reference = logits.log_softmax(-1).gather(-1, ro.tokens[..., None]).squeeze(-1)
+    assert torch.allclose(logprobs, reference, atol=1e-4)

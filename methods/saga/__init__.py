@@ -262,6 +262,9 @@ class SAGA(Method):
                     logprobs, maps = replay(sup, prefix, vision, ro, layer, teacher_rows, cfg.replay_chunk)
             finally:
                 lm.eval()
+            # on-policy check: |log ρ| between the replay and the decoding-time log-probs (0 up to numerics)
+            drift = (logprobs.detach() - ro.logprobs.to(logprobs.device))[ro.mask].abs()
+            stats["log_ratio_max"] = max(stats["log_ratio_max"], float(drift.max()) if drift.numel() else 0.0)
             if cfg.use_grpo:
                 loss_grpo = loss_grpo + grpo_loss(logprobs, group.advantages.to(logprobs.device), ro.mask, total_tokens)
             if maps:
@@ -339,6 +342,7 @@ class SAGA(Method):
                 "parse_failure_rate": stats["parse_failures"] / rollouts,
                 "gen_tokens_per_s": stats["gen_tokens"] / max(stats["gen_seconds"], 1e-9),
                 "kl_rollouts": stats["kl_rollouts"],
+                "log_ratio_max": stats["log_ratio_max"],
             }
         self._accumulate(out, stats, buffer)
         return out
@@ -365,7 +369,10 @@ class SAGA(Method):
         t["pairs_skipped_all_correct"] += buffer.skipped_all_correct
         t["pairs_skipped_all_wrong"] += buffer.skipped_all_wrong
         for key, value in stats.items():
-            t[key] += value
+            if key == "log_ratio_max":
+                t[key] = max(t[key], value)
+            else:
+                t[key] += value
 
     def diagnostics(self) -> dict[str, float]:
         """Run-level means: reward, contributing fraction, refill rate, parse failures, tokens/s and each loss."""
@@ -385,4 +392,5 @@ class SAGA(Method):
             "pairs_skipped_all_wrong": t["pairs_skipped_all_wrong"],
             "kl_rollouts": t["kl_rollouts"],
             "kl_missing_spans": t["kl_missing_spans"],
+            "log_ratio_max": t["log_ratio_max"],  # on-policy check: largest |replay - decoding log-prob|
         }

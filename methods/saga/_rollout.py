@@ -40,6 +40,7 @@ class Rollouts:
 
     tokens: torch.Tensor  # G×T generated ids (padded after EOS)
     mask: torch.Tensor  # G×T, 1 on generated tokens (EOS included)
+    logprobs: torch.Tensor  # G×T log π of each sampled token at decoding time (temperature 1): the replay's ρ = 1
     truncated: list[bool]  # hit the token limit without EOS
     seconds: float
     prefix_seconds: float
@@ -213,8 +214,10 @@ def sample_rollouts(
     suppress = [
         t for t in (model.config.image_token_id, getattr(model.config, "video_token_id", None)) if t is not None
     ]
+    logprobs = torch.zeros(g, max_new_tokens, device=device)
     for step in range(max_new_tokens):
         scores = model.lm_head(hidden[:, -1]).float()
+        policy = scores.log_softmax(-1)
         scores[:, suppress] = float("-inf")
         forced: dict[int, int] = {}
         if states is not None:
@@ -237,16 +240,17 @@ def sample_rollouts(
                 if not done[row]:
                     constraint.advance(st, int(nxt[row]))
         tokens[:, step] = nxt
+        logprobs[:, step] = policy.gather(1, nxt[:, None]).squeeze(1)
         finished = ~done & torch.isin(nxt, eos)
         lengths[finished] = step + 1
         done |= finished
         if bool(done.all()):
-            tokens = tokens[:, : step + 1]
+            tokens, logprobs = tokens[:, : step + 1], logprobs[:, : step + 1]
             break
         pos = torch.full((prefix.position_ids.shape[0], g, 1), prefix.next_position + step, device=device)
         hidden = _forward(sup, nxt[:, None], pos, cache=cache).last_hidden_state
     mask = torch.arange(tokens.shape[1], device=device)[None] < lengths[:, None]
-    return Rollouts(tokens, mask, (~done).tolist(), time.perf_counter() - start, prefix_seconds)
+    return Rollouts(tokens, mask, logprobs, (~done).tolist(), time.perf_counter() - start, prefix_seconds)
 
 
 def teacher_layer_index(sup: Any, layer: int, tiny: bool) -> int:
