@@ -212,6 +212,7 @@ def test_metric_loss_factory_defaults_to_potential_field_with_its_proxies():
     assert groups["metric_proxies"].params == [method.metric.proxies]
     with pytest.raises(ValueError, match="metric_loss"):
         _method(enc, metric_loss="triplet")
+    assert _method(enc, metric_options={"proxies_per_class": 2}).metric.proxies.shape == (4 * 2, 32)
 
 
 @pytest.mark.parametrize("name", ["tiny-qwen3-vl", "tiny-internvl"])

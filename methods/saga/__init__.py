@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict  # noqa: UP035 - OmegaConf structured configs need typing generics
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ class SAGAConfig(MethodConfig):
     name: str = "saga"
     embedding_dim: int = 4096  # D_e (§4.1); Table 4 uses 512 and 128
     metric_loss: str = "potential_field"  # Table 1 headline; proxy_anchor | multi_similarity (Table 3)
+    metric_options: Dict[str, Any] = field(default_factory=dict)  # noqa: UP006 - the loss's own arguments
     use_grpo: bool = True  # Table 2 switches
     use_kl: bool = True
     generic_prompt: bool = False  # App. E.3 prompt (Table 2 ablation; the KL term needs use_kl=false there)
@@ -116,7 +117,8 @@ class SAGA(Method):
             self.fields = prompt_fields(task.card)
         width = int(getattr(task, "feature_dim", 0) or task.embedding_dim)
         self.pooler = AttentionPooler(width, int(cfg.embedding_dim))
-        self.metric = create_metric_loss(cfg.metric_loss, task.num_classes, int(cfg.embedding_dim), {})
+        options = dict(cfg.metric_options or {})
+        self.metric = create_metric_loss(cfg.metric_loss, task.num_classes, int(cfg.embedding_dim), options)
         self.projector: nn.Module | None = None
         if cfg.supervisor:  # an external encoder's tokens projected into the LM (ours: one linear layer)
             from benchmark.backbones.mllm import load_supervisor
