@@ -99,13 +99,13 @@ def _faiss_search_fns(x: np.ndarray, plan: SearchPlan):
 
     cpu_index = faiss.IndexFlatIP(x.shape[1])
     cpu_index.add(x)
-    index = cpu_index
+    index, resources = cpu_index, None
     if plan.device.startswith("cuda") and faiss.get_num_gpus() > 0 and plan.k_search <= FAISS_GPU_MAX_K:
         resources = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(resources, torch.device(plan.device).index or 0, cpu_index)
-        index.referenced_resources = resources  # keep the GPU memory pool alive as long as the index
 
-    def search(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(start: int, stop: int, _keep_alive=resources) -> tuple[np.ndarray, np.ndarray]:
+        # _keep_alive: the GPU resources must outlive the GPU index
         return index.search(x[start:stop], plan.k_search)
 
     def full_rows(rows: np.ndarray) -> np.ndarray:

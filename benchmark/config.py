@@ -162,7 +162,8 @@ def _explain_unknown_key(err: Exception, overrides: list[str], cfg_probe: DictCo
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """Compose the run config from ``key=value`` overrides (validated against the dataclass schemas)."""
-    overrides = list(overrides or [])
+    # Reader options are free-form (each reader validates its own): let ``dataset.options.X=v`` add a key.
+    overrides = [f"++{o}" if o.startswith("dataset.options.") else o for o in (overrides or [])]
     register_configs()
     _check_group_choices(overrides)
     if GlobalHydra.instance().is_initialized():

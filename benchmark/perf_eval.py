@@ -67,9 +67,12 @@ def pml_metrics(x_normalised: np.ndarray, labels: np.ndarray, k: int) -> dict[st
     """The same metrics from pml 2.9, apples to apples with ours: pml searches ``k + 1`` neighbours and removes the
     query by index (``inference.return_results``), so we give it the normalised embeddings, an inner-product
     index (its default is ``IndexFlatL2`` on raw embeddings) and our neighbour depth ``k``."""
+    # pml warns when k < its max bin count, a count that includes the query itself (a spurious warning for our
+    # k = max class size - 1); "max_bin_count" is the same depth without the warning.
+    max_bin = int(np.unique(labels, return_counts=True)[1].max())
     calculator = RecallAtKCalculator(
         include=tuple(PML_KEYS.values()),
-        k=k,
+        k="max_bin_count" if k == max_bin - 1 else k,
         device=torch.device("cpu"),
         knn_func=FaissKNN(index_init_fn=_flat_ip),
     )
@@ -94,6 +97,20 @@ def synthetic(n: int, dim: int, classes: int, seed: int = 0, noise: float = 3.0)
         block = rng.standard_normal((min(8192, n - s), dim), dtype=np.float32)
         x[s : s + len(block)] = centres[labels[s : s + len(block)]] + np.float32(noise) * block
     return x, labels
+
+
+def tied_queries(scores: np.ndarray, idx: np.ndarray, labels: np.ndarray, max_k: int) -> tuple[int, int, int]:
+    """From a faiss search of every sample (query included): how many queries hold equal scores within the first
+    ``max_k`` neighbours (Recall@K) and within their first R (MAP@R, R-Precision), and how many have R > 0."""
+    n = len(idx)
+    drop = idx == np.arange(n)[:, None]
+    drop[~drop.any(axis=1), -1] = True
+    kept = scores[~drop].reshape(n, -1)
+    equal_next = kept[:, 1:] == kept[:, :-1]  # column j: ranks j and j+1 (0-based) tie
+    first_tie = np.where(equal_next.any(axis=1), equal_next.argmax(axis=1), np.iinfo(np.int64).max)
+    codes = np.unique(labels, return_inverse=True)[1].reshape(-1)
+    r = np.bincount(codes)[codes] - 1
+    return int((first_tie < max_k).sum()), int(((first_tie < r) & (r > 0)).sum()), int((r > 0).sum())
 
 
 def _peak_rss_gb() -> float:
@@ -126,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     def run_ours() -> dict[str, float]:
         return evaluate_embeddings(x, labels, compute_nmi=False, query_chunk=args.query_chunk, backend="faiss")
 
-    def run_bare() -> None:
+    def run_bare() -> tuple[np.ndarray, np.ndarray]:
         index = faiss.IndexFlatIP(args.dim)
         index.add(xn)
-        index.search(xn, k_search)
+        return index.search(xn, k_search)
 
     # Interleaved repeats, best of each: the machine may be shared, so single timings are noisy.
     t_ours = t_bare = math.inf
@@ -140,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if rep == 0:
             rss_ours = _peak_rss_gb()
         t = time.perf_counter()
-        run_bare()
+        scores, idx = run_bare()
         t_bare = min(t_bare, time.perf_counter() - t)
     print(f"(1) ours (faiss, no NMI): {t_ours:.2f} s (best of {args.repeat}); peak RSS after it {rss_ours:.2f} GB")
     print("    " + ", ".join(f"{k}={v:.6f}" for k, v in ours.items()))
@@ -154,16 +171,21 @@ def main(argv: list[str] | None = None) -> int:
         t_pml = time.perf_counter() - t
         print(f"(3) pml AccuracyCalculator + Recall@K, k={k_needed}: {t_pml:.2f} s")
         print(f"    ratio ours / pml = {t_ours / t_pml:.3f}")
+        # float32 similarities tie now and then. Ours breaks ties by ascending index, faiss (hence pml) by
+        # descending index, so the two may differ on queries with a tie inside the depth a metric reads, each
+        # query by at most 1: the allowed difference is (such queries) / (queries averaged over); 0 without ties.
+        recall_tied, map_tied, n_valid = tied_queries(scores, idx, labels, max(KS))
+        print(f"    queries with a float32 tie in reach: {recall_tied} (Recall@K), {map_tied} (MAP@R, R-Precision)")
         for key, value in theirs.items():
-            # float32 similarities tie now and then (about 1 row in 1000 at N=10k); ours breaks ties by ascending
-            # index, faiss (hence pml) by descending index, which moves MAP@R in the 8th digit.
-            same = math.isclose(ours[key], value, rel_tol=1e-6, abs_tol=1e-9)
+            bound = (recall_tied / args.n if key.startswith("recall") else map_tied / n_valid) + 1e-12
+            same = abs(ours[key] - value) <= bound
             ok &= same
             print(
-                f"    {key}: ours {ours[key]:.10f} pml {value:.10f} diff {ours[key] - value:+.1e} {'ok' if same else 'MISMATCH'}"
+                f"    {key}: ours {ours[key]:.10f} pml {value:.10f} diff {ours[key] - value:+.1e} "
+                f"(allowed {bound:.1e}) {'ok' if same else 'MISMATCH'}"
             )
     print(f"peak RSS {_peak_rss_gb():.2f} GB (after (1): {rss_ours:.2f} GB; target < 4 GB)")
-    print("numbers identical to pml (rel. tol. 1e-6): " + ("yes" if ok else "NO"))
+    print("numbers identical to pml (up to float32 ties): " + ("yes" if ok else "NO"))
     return 0 if ok else 1
 
 

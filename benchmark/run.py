@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from benchmark import records
-from benchmark.config import compose_config
+from benchmark.config import compose_config, config_hash
 
 METRIC_LABELS = {"recall@1": "R@1", "recall@2": "R@2", "recall@4": "R@4", "recall@8": "R@8", "map@r": "MAP@R",
                  "r_precision": "RP", "nmi": "NMI"}
@@ -18,12 +18,17 @@ METRIC_LABELS = {"recall@1": "R@1", "recall@2": "R@2", "recall@4": "R@4", "recal
 
 def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     """Run one config to completion; return its record and directory. A finished run is returned, not retrained."""
-    from benchmark.trainer import Trainer, archive_finished_run
+    from benchmark.trainer import Trainer, TrainingError, archive_finished_run
 
     started = time.time()
     # The run directory depends on card defaults resolved inside the Trainer, so look it up after building it.
     trainer = Trainer(cfg)
     existing = records.read_record(trainer.run_dir)
+    if existing and existing.get("config_hash") not in (None, config_hash(cfg)):
+        raise TrainingError(
+            f"{trainer.run_dir} holds a run of another config (hash {existing.get('config_hash')}, this config "
+            f"{config_hash(cfg)}). Use another run_name or out_dir; nothing was overwritten."
+        )
     if records.is_complete(existing):
         if not cfg.force:
             print(f"This run is already complete: {trainer.run_dir / 'record.json'} (pass force=true to train it "

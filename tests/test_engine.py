@@ -104,8 +104,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_overrides, monke
 def test_checkpoint_from_another_config_is_refused(tiny_overrides):
     run(compose_config(tiny_overrides + ["run_name=shared", "train.epochs=1"]))
     other = compose_config(tiny_overrides + ["run_name=shared", "train.epochs=1", "train.lr=0.01"])
-    with pytest.raises(TrainingError, match="another config"):
+    with pytest.raises(TrainingError, match="holds a run of another config"):
         run(other)
+    trainer = Trainer(compose_config(tiny_overrides + ["run_name=shared", "train.epochs=1", "train.lr=0.01"]))
+    with pytest.raises(TrainingError, match="Checkpoint .* was written by a run with another config"):
+        trainer.load_checkpoint(trainer.run_dir / "checkpoints" / "last.pt")
 
 
 def test_selection_rules(tiny_overrides):

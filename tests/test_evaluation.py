@@ -294,3 +294,11 @@ def test_not_an_npz(tmp_path):
     pickled = _write(tmp_path, "pickled.npz", embeddings=np.array([None, 1], dtype=object), labels=GOOD_Y[:2])
     with pytest.raises(ScoreInputError, match="cannot read its arrays"):
         load_score_input(pickled)
+
+
+def test_perf_script_quick_run(capsys):
+    from benchmark.perf_eval import main
+
+    assert main(["--n", "600", "--dim", "16", "--classes", "20", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ratio ours / bare faiss" in out and "numbers identical to pml (up to float32 ties): yes" in out
