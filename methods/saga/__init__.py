@@ -1,0 +1,398 @@
+"""SAGA: Semantic Attribute Gradients from Adjudication (Bhatnagar, Baiju, Ahuja, arXiv 2606.15134, 2026).
+
+The encoder is an MLLM's own vision tower; the MLLM's frozen language model judges pairs of images ("same class?")
+in a JSON answer that first describes a per-dataset list of attributes. One optimiser step (Algorithm 1):
+
+- Phase A: pooled embeddings of the class-balanced micro-batch -> DML loss (Potential Field by default).
+- Phase B: balanced same/different pairs; G sampled answers each (no graph, prefix shared); binary verdict reward;
+  DAPO dynamic sampling keeps pairs whose rewards vary, refilling micro-batches until K are buffered.
+- Phase C: the sampled tokens replayed with gradients through the frozen LM into the vision tower (GRPO, Eq. 5)
+  and the layer-ℓ attention of correct answers distilled into the pooler's attention (KL, Eq. 7).
+
+Values the paper leaves open are this benchmark's choices, marked "ours" with the item of docs/saga-method.md §7.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict  # noqa: UP035 - OmegaConf structured configs need typing generics
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.method import Method, MethodConfig, ParamGroup, TaskInfo
+from benchmark.registry import register_method
+
+from ._grpo import DynamicSamplingBuffer, PairGroup, balanced_pairs, grpo_loss, verdict_reward
+from ._pooler import AttentionPooler, create_metric_loss
+from ._prompt import build_prompt, prompt_fields
+from ._rollout import SkeletonConstraint, build_prefix, replay, sample_rollouts, teacher_layer_index
+from ._spans import attribute_token_spans, token_offsets
+
+__all__ = ["SAGA", "SAGAConfig"]
+
+
+@dataclass
+class SAGAConfig(MethodConfig):
+    """SAGA's hyperparameters: the paper's values (App. B, §4.1) unless marked ours (docs/saga-method.md §7)."""
+
+    name: str = "saga"
+    embedding_dim: int = 4096  # D_e (§4.1); Table 4 uses 512 and 128
+    metric_loss: str = "potential_field"  # Table 1 headline; proxy_anchor | multi_similarity (Table 3)
+    metric_options: Dict[str, Any] = field(default_factory=dict)  # noqa: UP006 - the loss's own arguments
+    use_grpo: bool = True  # Table 2 switches
+    use_kl: bool = True
+    generic_prompt: bool = False  # App. E.3 prompt (Table 2 ablation; the KL term needs use_kl=false there)
+    supervisor: str = ""  # "" = the backbone's own MLLM; a name = external encoder + trainable projector (ours)
+    group_size: int = 8  # G (§4.1)
+    num_pairs: int = 8  # K contributing pairs per optimiser step (App. B)
+    pairs_per_batch: int = 8  # candidate pairs drawn per micro-batch: "P = 8 balanced pairs" (§4.1, §7 item 6)
+    max_refill_batches: int = 4  # ours: cap on extra micro-batches drawn per step to fill the buffer
+    refill_dml: bool = True  # ours (§7 item 13): every consumed micro-batch adds its mean DML loss
+    temperature: float = 0.7  # App. B
+    top_p: float = 0.95  # App. B
+    max_new_tokens: int = 1024  # App. B
+    rollout_constraint: str = "none"  # ours: none | json_skeleton (forces the answer's JSON layout; weak models)
+    teacher_layer: int = 26  # ℓ (Sec. 3.4), 0-based as HF outputs.attentions[ℓ] (§7 item 10, ours)
+    kl_include_keys: bool = False  # ours (§7 item 9): A_a/A_b are the attribute values' tokens only
+    lambda_dml: float = 1.0  # Eq. 8: unit weights
+    lambda_grpo: float = 1.0
+    lambda_kl: float = 1.0
+    adv_eps: float = 1e-6  # ours (§7 item 12)
+    adv_unbiased: bool = True  # ours (§7 item 12): matches the paper's figure example
+    gradient_checkpointing: bool = True  # ours (§7 item 20): in the frozen LM during the replay
+    pooler_lr_mult: float = 5.0  # App. B: pooler 1e-4 = 5 × the encoder's 2e-5
+    proxy_lr_mult: float = 5.0  # ours (§7 item 15): proxies at the pooler's rate
+    replay_chunk: int = 256  # tokens per chunk of the replay's vocabulary projection (memory, not maths)
+    seed: int = 0  # pair sampling and rollout sampling streams
+
+
+@register_method
+class SAGA(Method):
+    """SAGA (see the module docstring). ``next_batch`` is set by the engine: it returns the next micro-batch."""
+
+    name = "saga"
+    paper = (
+        "Bhatnagar, Baiju, Ahuja. Beyond Scalar Distances: Semantic Attribute Gradients from Frozen MLLMs "
+        "for Visual Embeddings. arXiv 2606.15134, 2026"
+    )
+    year = 2026
+    url = "https://arxiv.org/abs/2606.15134"
+    config_class = SAGAConfig
+    needs_mllm: ClassVar[bool] = True  # the training step needs an MLLM supervisor (backbone.kind=mllm_vision)
+    #: The paper's engine settings (App. B, App. A) as config overrides; the pooler's 1e-4 is pooler_lr_mult=5.
+    recommended: ClassVar[dict[str, Any]] = {
+        "backbone.kind": "mllm_vision",  # = the backbone=mllm_vision preset
+        "backbone.name": "Qwen/Qwen3-VL-8B-Instruct",  # §7 item 1 (ours); App. C.2: OpenGVLab/InternVL3_5-8B-HF
+        "backbone.pretrained": True,
+        "backbone.embedding_dim": None,  # no encoder head: SAGA's pooler and W_o replace it
+        "backbone.freeze_bn": False,
+        "data.transform": "saga",  # App. A: resize to 224², no crop (§7 item 4)
+        "data.image_size": 224,  # 49 tokens per image
+        "train.lr": 2e-5,  # App. B (encoder); the pooler's 1e-4 is method.pooler_lr_mult=5
+        "train.epochs": 3,
+        "train.warmup_epochs": 0.15,  # 5 % of 3 epochs
+        "train.grad_clip": 1.0,
+        "train.batch_size": 64,
+        "train.m_per_class": 4,  # 16 classes × 4 (§7 item 5, ours)
+        "train.precision": "auto",  # bf16 autocast on GPU
+    }
+
+    def __init__(self, cfg: Any, task: TaskInfo) -> None:
+        super().__init__(cfg, task)
+        if cfg.generic_prompt and cfg.use_kl:
+            raise ValueError(
+                "The generic prompt has no attribute descriptions, so SAGA's KL term is undefined there (App. E.3): "
+                "use method.generic_prompt=true method.use_kl=false."
+            )
+        if cfg.rollout_constraint not in ("none", "json_skeleton"):
+            raise ValueError(f"method.rollout_constraint must be none or json_skeleton, not {cfg.rollout_constraint}")
+        self.uses_llm = bool(cfg.use_grpo or cfg.use_kl)
+        if self.uses_llm:
+            self.prompt = build_prompt(task.card, generic=cfg.generic_prompt)
+            self.fields = prompt_fields(task.card)
+        width = int(getattr(task, "feature_dim", 0) or task.embedding_dim)
+        self.pooler = AttentionPooler(width, int(cfg.embedding_dim))
+        options = dict(cfg.metric_options or {})
+        self.metric = create_metric_loss(cfg.metric_loss, task.num_classes, int(cfg.embedding_dim), options)
+        self.projector: nn.Module | None = None
+        if cfg.supervisor:  # an external encoder's tokens projected into the LM (ours: one linear layer)
+            from benchmark.backbones.mllm import load_supervisor
+
+            hidden = int(load_supervisor(cfg.supervisor).model.config.text_config.hidden_size)
+            self.projector = nn.Linear(width, hidden)
+        self.next_batch = None
+        self._rng = np.random.default_rng(cfg.seed)
+        self._gen: dict[str, torch.Generator] = {}
+        self._prefixes: dict[Any, Any] = {}
+        self._constraint: SkeletonConstraint | None = None
+        self._totals: dict[str, float] = defaultdict(float)
+
+    # ------------------------------------------------------------------------------------------- parameters
+    def param_groups(self) -> list[ParamGroup]:
+        groups = [ParamGroup("saga_pooler", list(self.pooler.parameters()), self.cfg.pooler_lr_mult, source="App. B")]
+        proxies = [p for p in self.metric.parameters() if p.requires_grad]
+        if proxies:
+            groups.append(ParamGroup("metric_proxies", proxies, self.cfg.proxy_lr_mult, source="ours, §7 item 15"))
+        if self.projector is not None:
+            groups.append(ParamGroup("projector", list(self.projector.parameters()), 1.0, source="ours"))
+        return groups
+
+    # ----------------------------------------------------------------------------------------------- embedding
+    def _features(self, encoder: Any, images: torch.Tensor) -> Any:
+        """Vision tokens (with DeepStack features) for the pooler and the LM; external encoders go via the projector."""
+        from benchmark.backbones.mllm import MLLM_TOWERS, VisionTokens
+
+        if isinstance(encoder.backbone, MLLM_TOWERS):
+            feats = encoder.backbone.encode(images)
+        else:
+            tokens = encoder.tokens(images)[:, encoder.num_prefix_tokens :]
+            side = int(round(tokens.shape[1] ** 0.5))
+            if side * side != tokens.shape[1]:
+                raise ValueError(f"An external encoder for SAGA needs a square token grid; got {tokens.shape[1]}.")
+            grid = torch.tensor([[1, 2 * side, 2 * side]] * len(tokens))  # the LM's M-RoPE grid after a 2×2 merge
+            feats = VisionTokens(tokens, [], grid)
+        if feats.tokens.shape[-1] != self.pooler.dim:
+            raise ValueError(
+                f"SAGA's pooler expects tokens of width {self.pooler.dim}, the backbone gives {feats.tokens.shape[-1]}; "
+                "run SAGA with backbone.embedding_dim=0 (its own pooler and head replace the encoder's)."
+            )
+        return feats
+
+    def _to_llm(self, feats: Any) -> Any:
+        from benchmark.backbones.mllm import VisionTokens
+
+        if self.projector is None:
+            return feats
+        return VisionTokens(self.projector(feats.tokens), [], feats.grid_thw)
+
+    def embed(self, images: torch.Tensor, encoder: Any) -> torch.Tensor:
+        """z = norm(W_o · beta X) on the tower's tokens (Eq. 9); the language model is not used."""
+        return self.pooler(self._features(encoder, images).tokens)[0]
+
+    # ------------------------------------------------------------------------------------------- supervisor
+    def _supervisor(self, encoder: Any, device: torch.device) -> Any:
+        from benchmark.backbones.mllm import load_supervisor
+
+        name = self.cfg.supervisor or getattr(encoder.backbone, "mllm_name", "")
+        if not name:
+            raise ValueError(
+                "SAGA's GRPO and KL terms need a multimodal LLM: use backbone.kind=mllm_vision (its own LM supervises) "
+                "or set method.supervisor=<MLLM> for another encoder; or turn both off (method.use_grpo=false "
+                "method.use_kl=false)."
+            )
+        sup = load_supervisor(name)
+        if next(sup.model.parameters()).device != device:
+            sup.to(device)
+        if self.cfg.gradient_checkpointing and not sup.model.model.language_model.is_activation_checkpointing:
+            sup.model.model.language_model.activation_checkpointing_enable({"use_reentrant": False})
+        return sup
+
+    def _prefix(self, sup: Any, feats: Any, device: torch.device) -> Any:
+        n = int(feats.tokens.shape[1])
+        key = (sup.name, n, str(device))
+        if key not in self._prefixes:
+            grid = feats.grid_thw[:1].repeat(2, 1) if feats.grid_thw is not None else None
+            self._prefixes[key] = build_prefix(sup, self.prompt, n, grid, device)
+        return self._prefixes[key]
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if str(device) not in self._gen:
+            self._gen[str(device)] = torch.Generator(device=device).manual_seed(self.cfg.seed)
+        return self._gen[str(device)]
+
+    # ------------------------------------------------------------------------------------------- training
+    def _rollout_pair(self, sup: Any, feats: Any, batch: int, i: int, j: int, same: bool, stats: dict) -> PairGroup:
+        """Phase B for one pair: G answers (no graph, shared prefix), rewards; the payload is what Phase C needs."""
+        cfg = self.cfg
+        order = [i, j]
+        with torch.no_grad():
+            vision = self._to_llm(feats.select(order).detach())
+        device = vision.tokens.device
+        prefix = self._prefix(sup, feats, device)
+        if cfg.rollout_constraint == "json_skeleton" and self._constraint is None:
+            self._constraint = SkeletonConstraint(
+                sup.tokenizer, self.task.card, cfg.generic_prompt, sup.eos_token_ids[0]
+            )
+        ro = sample_rollouts(
+            sup, prefix, vision, cfg.group_size, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
+            self._constraint if cfg.rollout_constraint == "json_skeleton" else None, self._generator(device),
+        )  # fmt: skip
+        rewards = []
+        lengths = ro.mask.sum(1).tolist()
+        for row in range(cfg.group_size):
+            text = sup.tokenizer.decode(ro.tokens[row, : lengths[row]].tolist(), skip_special_tokens=True)
+            reward, failure = verdict_reward(text, self.fields["verdict_key"], same, ro.truncated[row])
+            rewards.append(reward)
+            stats["parse_failures"] += failure is not None
+        stats["rollouts"] += cfg.group_size
+        stats["reward_sum"] += sum(rewards)
+        stats["gen_tokens"] += int(ro.mask.sum())
+        stats["gen_seconds"] += ro.seconds
+        payload = {"batch": batch, "order": order, "rollouts": ro, "prefix": prefix}
+        return PairGroup(torch.tensor(rewards), same, payload)
+
+    def _policy_terms(self, sup: Any, buffer: DynamicSamplingBuffer, feats_list: list, stats: dict) -> tuple:
+        """Phase C: GRPO over the buffer (token-normalised across it) and KL over its correct rollouts."""
+        cfg = self.cfg
+        zero = self.pooler.query.new_zeros(())
+        if not buffer.groups:
+            return zero, zero
+        layer = teacher_layer_index(sup, cfg.teacher_layer, tiny=sup.name.startswith("tiny-")) if cfg.use_kl else None
+        total_tokens = sum(int(g.payload["rollouts"].mask.sum()) for g in buffer.groups)
+        loss_grpo, kl_terms = zero, []
+        lm = sup.model.model.language_model
+        for group in buffer.groups:
+            ro, prefix = group.payload["rollouts"], group.payload["prefix"]
+            feats = feats_list[group.payload["batch"]].select(group.payload["order"])
+            teacher_rows = {}
+            if cfg.use_kl:
+                lengths = ro.mask.sum(1).tolist()
+                for row in (group.rewards > 0).nonzero().flatten().tolist():
+                    text, offsets = token_offsets(sup.tokenizer, ro.tokens[row, : lengths[row]].tolist())
+                    spans = attribute_token_spans(text, offsets, self.fields["item"], cfg.kl_include_keys)
+                    stats["kl_missing_spans"] += sum(not s for s in spans)
+                    teacher_rows[row] = spans
+            vision = self._to_llm(feats if cfg.use_grpo else feats.detach())
+            lm.train(cfg.gradient_checkpointing)  # checkpointing runs in train mode only; the LM has no dropout
+            try:
+                with torch.set_grad_enabled(cfg.use_grpo and torch.is_grad_enabled()):
+                    logprobs, maps = replay(sup, prefix, vision, ro, layer, teacher_rows, cfg.replay_chunk)
+            finally:
+                lm.eval()
+            # on-policy check: |log ρ| between the replay and the decoding-time log-probs (0 up to numerics)
+            drift = (logprobs.detach() - ro.logprobs.to(logprobs.device))[ro.mask].abs()
+            stats["log_ratio_max"] = max(stats["log_ratio_max"], float(drift.max()) if drift.numel() else 0.0)
+            if cfg.use_grpo:
+                loss_grpo = loss_grpo + grpo_loss(logprobs, group.advantages.to(logprobs.device), ro.mask, total_tokens)
+            if maps:
+                beta = self.pooler.attention(feats.tokens.detach())  # KL trains the pooler only (X detached)
+                for alphas in maps.values():
+                    terms = [
+                        F.kl_div(beta[k].clamp_min(1e-12).log(), alpha.to(beta.dtype), reduction="sum")
+                        for k, alpha in enumerate(alphas)
+                        if alpha is not None
+                    ]
+                    if terms:
+                        kl_terms.append(torch.stack(terms).sum())  # Eq. 7: KL_a + KL_b
+        # §7 item 11 (ours): the KL term is averaged over the correct rollouts in the buffer.
+        loss_kl = torch.stack(kl_terms).mean() if kl_terms else zero
+        stats["kl_rollouts"] += len(kl_terms)
+        return loss_grpo, loss_kl
+
+    def _draw(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.next_batch()
+        return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor, encoder: Any) -> dict[str, Any]:
+        """Algorithm 1: DML on every consumed micro-batch, rollouts until K contributing pairs, GRPO + KL replay."""
+        cfg = self.cfg
+        stats: dict[str, float] = defaultdict(float)
+        sup = self._supervisor(encoder, images.device) if self.uses_llm else None
+        buffer = DynamicSamplingBuffer(cfg.num_pairs, cfg.adv_eps, cfg.adv_unbiased)
+        batches, feats_list, dml = [(images, labels)], [], []
+        t0 = time.perf_counter()
+        t_metric = t_rollout = 0.0
+        while True:
+            imgs, labs = batches[-1]
+            ta = time.perf_counter()
+            feats = self._features(encoder, imgs)
+            feats_list.append(feats)
+            if len(batches) == 1 or cfg.refill_dml:
+                dml.append(self.metric(self.pooler(feats.tokens)[0], labs))
+            t_metric += time.perf_counter() - ta
+            if not self.uses_llm:
+                break
+            tb = time.perf_counter()
+            for i, j, same in balanced_pairs(labs.cpu().numpy(), cfg.pairs_per_batch, self._rng):
+                buffer.offer(self._rollout_pair(sup, feats, len(batches) - 1, i, j, same, stats))
+                stats["same_pairs"] += same
+                if buffer.full:
+                    break
+            t_rollout += time.perf_counter() - tb
+            if buffer.full or self.next_batch is None or len(batches) > cfg.max_refill_batches:
+                break
+            batches.append(self._draw(images.device))
+        tc = time.perf_counter()
+        loss_grpo, loss_kl = self._policy_terms(sup, buffer, feats_list, stats) if self.uses_llm else (0.0, 0.0)
+        t_replay = time.perf_counter() - tc
+        loss_dml = torch.stack(dml).sum()
+        loss = cfg.lambda_dml * loss_dml + cfg.lambda_grpo * loss_grpo + cfg.lambda_kl * loss_kl
+        out = {
+            "loss": loss,
+            "loss_dml": float(loss_dml.detach()),
+            "loss_grpo": float(torch.as_tensor(loss_grpo).detach()),
+            "loss_kl": float(torch.as_tensor(loss_kl).detach()),
+            "micro_batches": len(batches),
+            "time_metric_s": t_metric,
+            "time_rollout_s": t_rollout,
+            "time_replay_s": t_replay,
+            "time_step_s": time.perf_counter() - t0,
+        }
+        if self.uses_llm:
+            rollouts = max(stats["rollouts"], 1)
+            out |= {
+                "reward_mean": stats["reward_sum"] / rollouts,
+                "pairs_offered": buffer.offered,
+                "pairs_contributing": len(buffer.groups),
+                "contributing_fraction": buffer.contributing_fraction,
+                "refills": len(batches) - 1,
+                "parse_failure_rate": stats["parse_failures"] / rollouts,
+                "gen_tokens_per_s": stats["gen_tokens"] / max(stats["gen_seconds"], 1e-9),
+                "kl_rollouts": stats["kl_rollouts"],
+                "log_ratio_max": stats["log_ratio_max"],
+            }
+        self._accumulate(out, stats, buffer)
+        return out
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def get_extra_state(self) -> dict[str, Any]:
+        """The pair-sampling and rollout random streams, so a resumed run draws what an uninterrupted one would."""
+        return {"rng": self._rng.bit_generator.state, "gen": {k: g.get_state() for k, g in self._gen.items()}}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        for key, value in state.get("gen", {}).items():
+            self._generator(torch.device(key)).set_state(value.cpu())
+
+    # ------------------------------------------------------------------------------------------- diagnostics
+    def _accumulate(self, out: dict[str, Any], stats: dict[str, float], buffer: DynamicSamplingBuffer) -> None:
+        t = self._totals
+        t["steps"] += 1
+        for key in ("loss_dml", "loss_grpo", "loss_kl"):
+            t[key] += out[key]
+        t["refills"] += out["micro_batches"] - 1
+        t["pairs_offered"] += buffer.offered
+        t["pairs_contributing"] += len(buffer.groups)
+        t["pairs_skipped_all_correct"] += buffer.skipped_all_correct
+        t["pairs_skipped_all_wrong"] += buffer.skipped_all_wrong
+        for key, value in stats.items():
+            if key == "log_ratio_max":
+                t[key] = max(t[key], value)
+            else:
+                t[key] += value
+
+    def diagnostics(self) -> dict[str, float]:
+        """Run-level means: reward, contributing fraction, refill rate, parse failures, tokens/s and each loss."""
+        t = self._totals
+        steps, rollouts = max(t["steps"], 1), max(t["rollouts"], 1)
+        return {
+            "steps": t["steps"],
+            "loss_dml_mean": t["loss_dml"] / steps,
+            "loss_grpo_mean": t["loss_grpo"] / steps,
+            "loss_kl_mean": t["loss_kl"] / steps,
+            "reward_mean": t["reward_sum"] / rollouts,
+            "contributing_fraction": t["pairs_contributing"] / max(t["pairs_offered"], 1),
+            "refills_per_step": t["refills"] / steps,
+            "parse_failure_rate": t["parse_failures"] / rollouts,
+            "gen_tokens_per_s": t["gen_tokens"] / max(t["gen_seconds"], 1e-9),
+            "pairs_skipped_all_correct": t["pairs_skipped_all_correct"],
+            "pairs_skipped_all_wrong": t["pairs_skipped_all_wrong"],
+            "kl_rollouts": t["kl_rollouts"],
+            "kl_missing_spans": t["kl_missing_spans"],
+            "log_ratio_max": t["log_ratio_max"],  # on-policy check: largest |replay - decoding log-prob|
+        }
