@@ -60,10 +60,11 @@ class TaskInfo:
     """What a method may know about the task when it is built."""
 
     num_classes: int  # training classes (labels are 0..num_classes-1 in training batches)
-    embedding_dim: int
+    embedding_dim: int  # the encoder's output size (after its head, if any)
     dataset: str
     class_names: list[str] = field(default_factory=list)
     card: dict[str, Any] = field(default_factory=dict)  # the dataset card (attribute vocabulary, prompt fields)
+    feature_dim: int = 0  # the backbone's token / pooled-feature width (before the head)
 
 
 class Method(nn.Module):

@@ -117,10 +117,12 @@ class Trainer:
                                            info.interpolation, cfg.data.resize_ratio, cfg.dataset.name)
         task = TaskInfo(num_classes=len(train_classes), embedding_dim=self.encoder.embedding_dim,
                         dataset=cfg.dataset.name, class_names=[self.splits.class_names[c] for c in train_classes],
-                        card=self.splits.card)
+                        card=self.splits.card, feature_dim=self.encoder.feature_dim)
         self.method: Method = self.method_cls(cfg.method, task).to(self.device)
         self.step_module = distributed.wrap(self.encoder, self.method, self.dist, self.device)  # DDP if distributed
         self._backbone_params = self.encoder.backbone_parameters()  # trainable ones (frozen BN excluded)
+        if hasattr(self.method, "next_batch"):  # methods that draw extra micro-batches within a step
+            self.method.next_batch = self.next_batch
         self.train_set = ImageDataset(self.train_split, self.transforms.train, self.label_map)
         self.steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(self.train_split) // cfg.train.batch_size)
         self.history: list[dict[str, Any]] = []
@@ -248,6 +250,7 @@ class Trainer:
         """Forward, backward and (every ``grad_accum`` micro-batches) one optimiser and schedule step."""
         cfg = self.cfg.train
         images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        self._refills = 0
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.step_module(images, labels)  # method.training_step(images, labels, encoder), DDP-wrapped
         loss = out["loss"]
@@ -266,6 +269,19 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
         return out
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One more class-balanced micro-batch for methods that draw extra ones within a step (SAGA's DAPO refill).
+
+        Drawn from the same m-per-class sampler and augmentation, under a stream keyed by (epoch, step, refill index),
+        so refills never shift the epoch's own batches and a resumed run draws the same ones.
+        """
+        cfg = self.cfg.train
+        self._refills = getattr(self, "_refills", 0) + 1
+        key = (self.epoch * 1_000_003 + self.step_in_epoch) * 1_009 + self._refills
+        (batch,) = epoch_batches(self.train_set.labels, cfg.batch_size, cfg.m_per_class, 1, self.cfg.seed + 7_919, key)
+        items = [self.train_set[item] for item in batch]
+        return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
 
     def train_epoch(self) -> dict[str, float]:
         cfg = self.cfg.train
