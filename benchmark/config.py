@@ -42,7 +42,7 @@ class BackboneConfig:
     pooling: str = "mean"  # mean | cls | gem | max | maxavg (Proxy Anchor's GAP+GMP)
     gem_p: float = 3.0
     embedding_dim: int | None = 512  # linear head to this size; None: no head (pooled features, e.g. SAGA baselines)
-    freeze_bn: bool = True  # Proxy Anchor / HIST official code keep BN frozen
+    freeze_bn: bool | None = None  # None: the card's default, else true (Proxy Anchor / HIST official code)
 
 
 @dataclass
@@ -55,7 +55,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int | None = None  # None: the dataset card's value, else 60 (Proxy Anchor's official default)
     batch_size: int = 64
     m_per_class: int = 4  # m-per-class sampler: batch_size/m_per_class classes per batch
     lr: float | None = None  # None: the dataset card's value, else 1e-4 (Proxy Anchor's AdamW base rate)
@@ -67,6 +67,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimiser step
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     steps_per_epoch: int | None = None  # None: len(train) // batch_size
+    deterministic: bool = True  # CUDA: deterministic kernels (bit-identical reruns; slower). CPU is deterministic anyway
     tensorboard: bool = False
     log_every: int = 10
     progress: bool = True

@@ -154,7 +154,7 @@ class Encoder(nn.Module):
         self.gem_p = float(cfg.get("gem_p", 3.0))
         self.feature_dim = built.feature_dim
         self.num_prefix_tokens = built.num_prefix_tokens
-        self.freeze_bn = bool(cfg.freeze_bn)
+        self.freeze_bn = True if cfg.get("freeze_bn") is None else bool(cfg.freeze_bn)
         if self.freeze_bn:  # as Proxy Anchor's official code: BN layers in eval mode, affine terms not trained
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
