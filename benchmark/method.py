@@ -2,7 +2,8 @@
 
 A method owns its loss and any parameters the loss needs (proxies, a training-only head); the engine owns the
 encoder's construction, the optimiser, the schedule, the sampler, augmentation, evaluation and model selection.
-A method can only add parameter groups (with a learning-rate multiplier taken from its paper) and compute its loss.
+A method can only add parameter groups (with a learning-rate multiplier taken from its paper, or the absolute learning
+rate its paper gives for those parameters) and compute its loss.
 
 A minimal plugin, saved as ``methods/my_loss.py``::
 
@@ -46,13 +47,26 @@ class MethodConfig:
 
 @dataclass
 class ParamGroup:
-    """Extra parameters a method optimises, with the learning-rate multiplier its paper gives (and where from)."""
+    """Extra parameters a method optimises, with the learning rate its paper gives for them (and where from).
+
+    ``lr_mult`` scales the engine's base learning rate (papers that state a ratio, e.g. "proxies at 100x"). ``lr``,
+    when set, is an *absolute* learning rate that replaces ``lr_mult x base`` (papers that state a value for these
+    parameters alone, e.g. "centres at 1e-2", independent of the backbone's rate). Either way the engine's warm-up and
+    cosine factor still apply, and the run record stores the group's values and source.
+    """
 
     name: str
     params: list[nn.Parameter]
     lr_mult: float = 1.0
     weight_decay: float | None = None  # None: the engine's weight decay
-    source: str = ""  # where the multiplier comes from (paper section or official code)
+    source: str = ""  # where the multiplier (or absolute rate) comes from (paper section or official code)
+    lr: float | None = None  # absolute learning rate; None: lr_mult x the engine's base rate
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(
+                f"ParamGroup '{self.name}': an absolute lr must be > 0 (or None to use lr_mult); got {self.lr}."
+            )
 
 
 @dataclass

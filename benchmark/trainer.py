@@ -148,17 +148,19 @@ class Trainer:
         if self.encoder.head_parameters():
             groups.append({"name": "embedding_head", "params": self.encoder.head_parameters(), "lr_mult": 1.0})
         for group in self.method.param_groups():
-            groups.append({"name": group.name, "params": group.params, "lr_mult": group.lr_mult,
+            # An absolute rate from the paper (group.lr) replaces lr_mult x base; the schedule's factor still applies.
+            lr = float(group.lr) if group.lr is not None else cfg.lr * group.lr_mult
+            groups.append({"name": group.name, "params": group.params, "lr_mult": group.lr_mult, "lr": lr,
                            **({"weight_decay": group.weight_decay} if group.weight_decay is not None else {})})
             self.param_group_info.append({"name": group.name, "lr_mult": group.lr_mult, "source": group.source,
-                                          "weight_decay": group.weight_decay})
+                                          "weight_decay": group.weight_decay, "absolute_lr": group.lr, "lr": lr})
         owned = {id(p) for g in groups for p in g["params"]}
         missed = [n for n, p in self.method.named_parameters() if p.requires_grad and id(p) not in owned]
         if missed:
             raise TrainingError(f"Method '{self.cfg.method.name}' has trainable parameters outside its "
                                 f"param_groups(): {missed[:5]}. Return them from param_groups().")
         for g in groups:
-            g["lr"] = cfg.lr * g["lr_mult"]
+            g.setdefault("lr", cfg.lr * g["lr_mult"])
         self._optimised_params = [p for g in groups for p in g["params"]]
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
 

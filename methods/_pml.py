@@ -15,7 +15,8 @@ class PmlLossMethod(EmbeddingLossMethod):
 
     Subclasses implement :meth:`build_criterion` (and :meth:`build_miner`). A loss with learnable class weights
     (proxies, centres) exposes them as one parameter group at ``cfg.proxy_lr_mult`` (the paper's ratio, cited in
-    :attr:`proxy_lr_source`), with ``proxy_weight_decay`` (None: the engine's).
+    :attr:`proxy_lr_source`), or at the absolute ``cfg.proxy_lr`` where the paper gives a rate of its own for them
+    (it then replaces the multiplier), with ``proxy_weight_decay`` (None: the engine's).
     """
 
     proxy_lr_source: ClassVar[str] = ""
@@ -41,6 +42,7 @@ class PmlLossMethod(EmbeddingLossMethod):
                 "proxies",
                 params,
                 lr_mult=float(getattr(self.cfg, "proxy_lr_mult", 1.0)),
+                lr=None if getattr(self.cfg, "proxy_lr", None) is None else float(self.cfg.proxy_lr),
                 weight_decay=self.proxy_weight_decay,
                 source=self.proxy_lr_source,
             )

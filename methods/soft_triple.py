@@ -3,7 +3,8 @@ Sampling". ICCV 2019), through pytorch-metric-learning (``SoftTripleLoss`` plus 
 paper's tau-weighted centre regulariser). Official code: https://github.com/idstcv/SoftTriple.
 
 Defaults from the paper's experiments and the official ``train.py``: K = 10 centres per class, lambda = 20, gamma = 0.1,
-delta (margin) = 0.01, tau = 0.2; centres at 100x the network's rate (``--centerlr 0.01`` over ``--modellr 1e-4``).
+delta (margin) = 0.01, tau = 0.2; the centres train at their own absolute rate, ``--centerlr 0.01`` (a separate
+argument from the network's ``--modellr 1e-4`` in the official ``train.py``), whatever the engine's base rate.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class SoftTripleConfig(MethodConfig):
     gamma: float = 0.1  # official --gamma 0.1
     margin: float = 0.01  # delta, official --margin 0.01
     tau: float = 0.2  # weight of the centre regulariser, official --tau 0.2
-    proxy_lr_mult: float = 100.0  # official --centerlr 0.01 / --modellr 1e-4
+    proxy_lr: float = 0.01  # absolute centre rate, official --centerlr 0.01 (replaces a multiplier of the base rate)
 
 
 @register_method
@@ -38,7 +39,7 @@ class SoftTriple(PmlLossMethod):
     year = 2019
     url = "https://arxiv.org/abs/1909.05235"
     config_class = SoftTripleConfig
-    proxy_lr_source = "SoftTriple official train.py: --centerlr 0.01 over --modellr 1e-4"
+    proxy_lr_source = "SoftTriple official train.py: absolute --centerlr 0.01 (the network's --modellr is 1e-4)"
 
     def build_criterion(self) -> nn.Module:
         k = int(self.cfg.centers_per_class)

@@ -28,7 +28,8 @@ def test_run_writes_a_complete_record(tiny_overrides):
                                  "test": {"classes": 6, "images": 48}}
     assert on_disk["selection"]["rule"] == "val" and on_disk["selection"]["epoch"] in (1, 2)
     assert on_disk["method_info"]["param_groups"][0] == {
-        "name": "proxies", "lr_mult": 100.0, "weight_decay": None,
+        "name": "proxies", "lr_mult": 100.0, "weight_decay": None, "absolute_lr": None,
+        "lr": pytest.approx(100.0 * on_disk["config"]["train"]["lr"]),
         "source": "Proxy Anchor official train.py: proxies at lr * lr_mult, lr_mult = 100"}
     assert len(on_disk["protocol"]["hash"]) == 12 and on_disk["git"]["sha"]
     assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints" / "last.pt").exists()

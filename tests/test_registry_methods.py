@@ -108,7 +108,7 @@ def test_training_step_trains_every_parameter_and_touches_nothing_else(name):
     before = {pname: p.detach().clone() for pname, p in trainable}
     optimiser = torch.optim.AdamW(
         [{"params": [p for n, p in trainable if n.startswith("encoder.")], "lr": 1e-3}]
-        + [{"params": g.params, "lr": 1e-3 * g.lr_mult} for g in groups],
+        + [{"params": g.params, "lr": g.lr if g.lr is not None else 1e-3 * g.lr_mult} for g in groups],
         lr=1e-3,
     )
     optimiser.step()

@@ -14,14 +14,19 @@ from benchmark.run import run
 @pytest.mark.parametrize(
     "method,groups",
     [
-        ("potential_field", {"proxies": 100.0}),
-        ("hist", {"class_distributions": 1e-1 / 1e-4, "hgnn": 10.0}),  # blobs is not a paper dataset: train.py defaults
+        ("potential_field", {"proxies": (100.0, None)}),
+        # blobs is not a paper dataset: the official train.py defaults (absolute --lr-ds 1e-1, HGNN factor 10)
+        ("hist", {"class_distributions": (1.0, 1e-1), "hgnn": (10.0, None)}),
     ],
 )
 def test_zoo_method_completes_a_run_and_records_its_multipliers(tiny_overrides, method, groups):
     record, _ = run(compose_config(tiny_overrides + [f"method={method}", "train.epochs=1"]))
     assert records.is_complete(record) and record["status"] == "completed"
     recorded = {g["name"]: g for g in record["method_info"]["param_groups"]}
-    assert {name: g["lr_mult"] for name, g in recorded.items()} == pytest.approx(groups)
+    assert {name: (g["lr_mult"], g["absolute_lr"]) for name, g in recorded.items()} == groups
+    # the rate the group started from: the absolute one where the paper gives it, else lr_mult x the base rate
+    base = record["config"]["train"]["lr"]
+    expected_lr = {name: lr if lr is not None else mult * base for name, (mult, lr) in groups.items()}
+    assert {name: g["lr"] for name, g in recorded.items()} == pytest.approx(expected_lr)
     assert all(g["source"] for g in recorded.values())
     assert 0.0 <= record["metrics"]["test"]["recall@1"] <= 1.0

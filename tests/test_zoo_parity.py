@@ -197,12 +197,13 @@ def test_hist_takes_the_papers_per_dataset_values_and_learning_rate_multipliers(
     cub = HIST(HISTConfig(), TaskInfo(4, 8, "cub"))
     assert (cub.tau, cub.alpha, cub.hgnn_lr_mult) == (32.0, 1.1, 5.0)
     assert cub.diagnostics()["alpha"] == 1.1  # the resolved per-dataset value reaches the run record
-    assert cub.distribution_lr_mult == pytest.approx(1e-1 / 1.2e-4)  # absolute 1e-1 at the paper's base 1.2e-4
+    assert cub.distribution_lr == 1e-1  # the official absolute --lr-ds, whatever the engine's base rate
     sop = HIST(HISTConfig(), TaskInfo(4, 8, "sop"))
-    assert (sop.tau, sop.alpha, sop.hgnn_lr_mult, sop.distribution_lr_mult) == (16.0, 2.0, 10.0, pytest.approx(100.0))
-    cars = HIST(HISTConfig(alpha=0.5), TaskInfo(4, 8, "cars"))
-    assert (cars.alpha, cars.distribution_lr_mult) == (0.5, pytest.approx(1000.0))  # explicit value wins
+    assert (sop.tau, sop.alpha, sop.hgnn_lr_mult, sop.distribution_lr) == (16.0, 2.0, 10.0, 1e-2)
+    cars = HIST(HISTConfig(alpha=0.5, distribution_lr=0.05), TaskInfo(4, 8, "cars"))
+    assert (cars.alpha, cars.distribution_lr) == (0.5, 0.05)  # explicit values win
     groups = {g.name: g for g in cub.param_groups()}
+    assert (groups["class_distributions"].lr, groups["hgnn"].lr, groups["hgnn"].lr_mult) == (1e-1, None, 5.0)
     assert set(groups) == {"class_distributions", "hgnn"}
     assert {id(p) for g in groups.values() for p in g.params} == {id(p) for p in cub.parameters()}
     assert all(g.source for g in groups.values())
