@@ -53,13 +53,15 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
     options = dict(item.split("=", 1) for item in args.overrides if "=" in item)
     unknown = [k for k in options if k not in ("dataset", "dataset.root", "dataset.strict")] + [
-        item for item in args.overrides if "=" not in item]
+        item for item in args.overrides if "=" not in item
+    ]
     if unknown or "dataset" not in options or "dataset.root" not in options:
-        raise SystemExit("usage: python -m benchmark prepare dataset=NAME dataset.root=DIR [dataset.strict=false] "
-                         f"(got: {' '.join(args.overrides) or 'nothing'})")
+        raise SystemExit(
+            "usage: python -m benchmark prepare dataset=NAME dataset.root=DIR [dataset.strict=false] "
+            f"(got: {' '.join(args.overrides) or 'nothing'})"
+        )
     strict = options.get("dataset.strict", "true").lower() not in ("false", "0", "no")
-    report = prepare_dataset(options["dataset"], options["dataset.root"], download=not args.no_download,
-                             strict=strict)
+    report = prepare_dataset(options["dataset"], options["dataset.root"], download=not args.no_download, strict=strict)
     print(format_report(report))
     return 0 if report.get("ok") else 1
 
@@ -67,8 +69,14 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from benchmark.sweep import main as sweep_main
 
-    return sweep_main(args.spec, sweep_dir=args.sweep_dir, dry=args.dry_run, local=args.local,
-                      max_parallel=args.max_parallel, allow_dirty=args.allow_dirty)
+    return sweep_main(
+        args.spec,
+        sweep_dir=args.sweep_dir,
+        dry=args.dry_run,
+        local=args.local,
+        max_parallel=args.max_parallel,
+        allow_dirty=args.allow_dirty,
+    )
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -92,11 +100,16 @@ PASSTHROUGH = {"leaderboard": "benchmark.leaderboard"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmark", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmark", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", metavar="command")
-    p = sub.add_parser("run", help=COMMANDS["run"][1], description="Train and evaluate one run. Overrides are "
-                       "Hydra key=value pairs: method=X dataset=Y dataset.root=DIR backbone.name=Z seed=N ...")
+    p = sub.add_parser(
+        "run",
+        help=COMMANDS["run"][1],
+        description="Train and evaluate one run. Overrides are "
+        "Hydra key=value pairs: method=X dataset=Y dataset.root=DIR backbone.name=Z seed=N ...",
+    )
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     sub.add_parser("list", help=COMMANDS["list"][1])

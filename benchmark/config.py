@@ -67,7 +67,9 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimiser step
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     steps_per_epoch: int | None = None  # None: len(train) // batch_size
-    deterministic: bool = True  # CUDA: deterministic kernels (bit-identical reruns; slower). CPU is deterministic anyway
+    deterministic: bool = (
+        True  # CUDA: deterministic kernels (bit-identical reruns; slower). CPU is deterministic anyway
+    )
     tensorboard: bool = False
     log_every: int = 10
     progress: bool = True
@@ -107,8 +109,19 @@ class RunConfig:
 
 #: Config fields that do not change a run's result (excluded from the config hash that names the run).
 NON_RESULT_KEYS = (
-    "seed", "out_dir", "run_name", "force", "device", "launcher", "cluster",
-    "data.num_workers", "train.tensorboard", "train.log_every", "train.progress", "eval.batch_size", "eval.backend",
+    "seed",
+    "out_dir",
+    "run_name",
+    "force",
+    "device",
+    "launcher",
+    "cluster",
+    "data.num_workers",
+    "train.tensorboard",
+    "train.log_every",
+    "train.progress",
+    "eval.batch_size",
+    "eval.backend",
 )
 
 _REGISTERED = False
@@ -144,8 +157,11 @@ def _check_group_choices(overrides: list[str]) -> None:
         if sep and key in ("method", "dataset", "backbone"):
             options = [n.removesuffix(".yaml") for n in repo.get(key, {})]
             if value not in options:
-                raise UnknownNameError(suggest(value, options, {"method": "method", "dataset": "dataset",
-                                                                "backbone": "backbone preset"}[key]))
+                raise UnknownNameError(
+                    suggest(
+                        value, options, {"method": "method", "dataset": "dataset", "backbone": "backbone preset"}[key]
+                    )
+                )
 
 
 def _explain_unknown_key(err: Exception, overrides: list[str], cfg_probe: DictConfig | None) -> str:

@@ -94,7 +94,9 @@ def build_timm_backbone(cfg: Any) -> BackboneOutput:
     if cfg.checkpoint:
         path = Path(cfg.checkpoint).expanduser()
         if not path.is_file():
-            raise BackboneWeightsError(f"backbone.checkpoint={cfg.checkpoint} does not exist (expected a weights file).")
+            raise BackboneWeightsError(
+                f"backbone.checkpoint={cfg.checkpoint} does not exist (expected a weights file)."
+            )
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
         pretrained = True
     if cfg.get("img_size") and "vit" in cfg.name:
@@ -146,8 +148,10 @@ class Encoder(nn.Module):
             raise UnknownNameError(suggest(cfg.pooling, POOLINGS, "pooling"))
         built = _BACKBONES[cfg.kind](cfg)
         if cfg.pooling == "cls" and built.num_prefix_tokens == 0:
-            raise ValueError(f"backbone.pooling=cls needs a backbone with a CLS token (e.g. a ViT); '{cfg.name}' "
-                             "has none. Use backbone.pooling=mean.")
+            raise ValueError(
+                f"backbone.pooling=cls needs a backbone with a CLS token (e.g. a ViT); '{cfg.name}' "
+                "has none. Use backbone.pooling=mean."
+            )
         self.backbone = built.module
         self.info = built
         self.pooling = cfg.pooling

@@ -19,13 +19,17 @@ def listing_lines() -> list[str]:
     for name, card in list_cards().items():
         counts = card.get("expected") or {}
         where = "embedded, no download" if card.get("needs_root") is False else "needs dataset.root"
-        lines.append(f"  {name:<20} {card.get('title', '')} — {counts.get('classes', '?')} classes, "
-                     f"{counts.get('images', '?')} images ({where})")
+        lines.append(
+            f"  {name:<20} {card.get('title', '')} — {counts.get('classes', '?')} classes, "
+            f"{counts.get('images', '?')} images ({where})"
+        )
     lines.append("backbones:")
     for kind in list_backbone_kinds():
         if kind == "timm":
-            lines.append(f"  {'timm':<20} any timm model: backbone.name=<timm name> (e.g. resnet50, "
-                         "vit_small_patch16_224), backbone.pretrained, backbone.checkpoint=<local file>")
+            lines.append(
+                f"  {'timm':<20} any timm model: backbone.name=<timm name> (e.g. resnet50, "
+                "vit_small_patch16_224), backbone.pretrained, backbone.checkpoint=<local file>"
+            )
         else:
             lines.append(f"  {kind:<20} backbone.kind={kind}")
     return lines

@@ -23,8 +23,9 @@ def _minimal_loop(encoder, num_classes: int, embedding_dim: int, lr: float):
     """The reference: what a researcher would write by hand."""
     criterion = losses.ProxyAnchorLoss(num_classes=num_classes, embedding_size=embedding_dim, margin=0.1, alpha=32)
     params = [p for p in encoder.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": params, "lr": lr}, {"params": criterion.parameters(), "lr": lr * 100}],
-                            lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(
+        [{"params": params, "lr": lr}, {"params": criterion.parameters(), "lr": lr * 100}], lr=lr, weight_decay=1e-4
+    )
 
     def step(images, labels):
         z = F.normalize(encoder.head(encoder.pool(encoder.backbone(images))), dim=-1)
@@ -62,11 +63,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from benchmark.config import compose_config
     from benchmark.trainer import Trainer
 
-    cfg = compose_config([
-        "method=proxy_anchor", "dataset=attributes", f"backbone.name={args.backbone}", "backbone.pretrained=false",
-        f"train.batch_size={args.batch}", "train.progress=false", "data.num_workers=0", "eval.selection=last",
-        f"data.image_size={args.size}", "out_dir=/tmp/perf_train_unused",
-    ])
+    cfg = compose_config(
+        [
+            "method=proxy_anchor",
+            "dataset=attributes",
+            f"backbone.name={args.backbone}",
+            "backbone.pretrained=false",
+            f"train.batch_size={args.batch}",
+            "train.progress=false",
+            "data.num_workers=0",
+            "eval.selection=last",
+            f"data.image_size={args.size}",
+            "out_dir=/tmp/perf_train_unused",
+        ]
+    )
     trainer = Trainer(cfg)
     trainer.steps_per_epoch = 10**9  # never hit the epoch-end flush inside the timing loop
     trainer.encoder.train()
@@ -75,16 +85,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     images = torch.randn(args.batch, 3, args.size, args.size, device=trainer.device)
     labels = torch.arange(n_classes, device=trainer.device).repeat_interleave(cfg.train.m_per_class)
     reference_encoder = copy.deepcopy(trainer.encoder)
-    minimal = _minimal_loop(reference_encoder, trainer.method.task.num_classes, trainer.encoder.embedding_dim,
-                            cfg.train.lr)
+    minimal = _minimal_loop(
+        reference_encoder, trainer.method.task.num_classes, trainer.encoder.embedding_dim, cfg.train.lr
+    )
     engine_rates, minimal_rates = [], []
     for _ in range(args.rounds):  # alternate to spread machine noise over both sides
         engine_rates.append(_time(trainer.train_step, images, labels, args.steps))
         minimal_rates.append(_time(minimal, images, labels, args.steps))
     engine, ref = max(engine_rates), max(minimal_rates)
     result = {"engine_images_per_s": engine, "minimal_images_per_s": ref, "ratio": engine / ref}
-    print(f"backbone {args.backbone}, batch {args.batch}, {args.size}px, {trainer.device}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"backbone {args.backbone}, batch {args.batch}, {args.size}px, {trainer.device}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"engine Proxy Anchor step : {engine:8.1f} images/s")
     print(f"minimal hand-written loop: {ref:8.1f} images/s")
     print(f"ratio engine/minimal     : {engine / ref:.3f}  (target >= 0.95)")

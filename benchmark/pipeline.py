@@ -18,8 +18,11 @@ from torchvision import transforms as T
 
 from benchmark.data.base import DatasetError, SplitData
 
-_INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC,
-                  "nearest": T.InterpolationMode.NEAREST}
+_INTERPOLATION = {
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "nearest": T.InterpolationMode.NEAREST,
+}
 
 
 @dataclass
@@ -29,8 +32,9 @@ class TransformSpec:
     description: dict[str, Any]
 
 
-def build_transforms(preset: str, image_size: int, mean, std, interpolation: str, resize_ratio: float,
-                     dataset: str = "") -> TransformSpec:
+def build_transforms(
+    preset: str, image_size: int, mean, std, interpolation: str, resize_ratio: float, dataset: str = ""
+) -> TransformSpec:
     """The train and test transforms of a preprocessing convention (protocol.md §2)."""
     interp = _INTERPOLATION.get(interpolation, T.InterpolationMode.BILINEAR)
     normalize = [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
@@ -43,8 +47,10 @@ def build_transforms(preset: str, image_size: int, mean, std, interpolation: str
         resize = int(round(image_size * 256 / 224)) if dataset == "cub" else image_size
         train = [T.RandomResizedCrop(image_size, scale=(0.2, 1.0), interpolation=bicubic), T.RandomHorizontalFlip()]
         test = [T.Resize(resize, interpolation=bicubic), T.CenterCrop(image_size)]
-        desc = {"train": f"RandomResizedCrop({image_size}, scale=(0.2,1), bicubic)+HFlip",
-                "test": f"resize {resize} bicubic, centre crop {image_size}"}
+        desc = {
+            "train": f"RandomResizedCrop({image_size}, scale=(0.2,1), bicubic)+HFlip",
+            "test": f"resize {resize} bicubic, centre crop {image_size}",
+        }
     else:  # classic DML (Proxy Anchor, HIST): RRC + flip; test resize 256 centre crop 224
         resize = int(round(image_size * resize_ratio))
         train = [T.RandomResizedCrop(image_size, interpolation=interp), T.RandomHorizontalFlip()]
@@ -96,8 +102,9 @@ class ImageDataset(Dataset):
         return tensor, int(self.labels[index])
 
 
-def epoch_batches(labels: np.ndarray, batch_size: int, m_per_class: int, steps: int, seed: int, epoch: int
-                  ) -> list[list[tuple[int, int]]]:
+def epoch_batches(
+    labels: np.ndarray, batch_size: int, m_per_class: int, steps: int, seed: int, epoch: int
+) -> list[list[tuple[int, int]]]:
     """The epoch's batches as lists of (index, sample_seed): pytorch-metric-learning's m-per-class sampling.
 
     pml's ``MPerClassSampler`` draws from numpy's global RNG, so it is run under a generator state derived from
@@ -114,14 +121,17 @@ def epoch_batches(labels: np.ndarray, batch_size: int, m_per_class: int, steps: 
     state = np.random.get_state()
     np.random.seed((seed * 1_000_003 + epoch) % 2**32)
     try:
-        sampler = MPerClassSampler(labels, m=m_per_class, batch_size=batch_size,
-                                   length_before_new_iter=steps * batch_size)
+        sampler = MPerClassSampler(
+            labels, m=m_per_class, batch_size=batch_size, length_before_new_iter=steps * batch_size
+        )
         order = list(iter(sampler))
     finally:
         np.random.set_state(state)
     base = (seed * 1_000_003 + epoch) * 10_000_000
-    return [[(int(i), base + b * batch_size + j) for j, i in enumerate(order[b * batch_size:(b + 1) * batch_size])]
-            for b in range(steps)]
+    return [
+        [(int(i), base + b * batch_size + j) for j, i in enumerate(order[b * batch_size : (b + 1) * batch_size])]
+        for b in range(steps)
+    ]
 
 
 class ListBatchSampler(torch.utils.data.Sampler):
@@ -132,7 +142,7 @@ class ListBatchSampler(torch.utils.data.Sampler):
         self.start = start
 
     def __iter__(self):
-        return iter(self.batches[self.start:])
+        return iter(self.batches[self.start :])
 
     def __len__(self) -> int:
         return len(self.batches) - self.start

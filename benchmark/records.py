@@ -97,8 +97,18 @@ def git_info(cwd: Path = REPO_ROOT) -> dict[str, Any]:
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for dist in ("torch", "torchvision", "timm", "pytorch-metric-learning", "faiss-gpu", "faiss-cpu", "numpy",
-                 "scikit-learn", "transformers", "hydra-core"):
+    for dist in (
+        "torch",
+        "torchvision",
+        "timm",
+        "pytorch-metric-learning",
+        "faiss-gpu",
+        "faiss-cpu",
+        "numpy",
+        "scikit-learn",
+        "transformers",
+        "hydra-core",
+    ):
         try:
             versions[dist] = version(dist)
         except PackageNotFoundError:

@@ -12,8 +12,15 @@ from omegaconf import DictConfig
 from benchmark import records
 from benchmark.config import compose_config, config_hash
 
-METRIC_LABELS = {"recall@1": "R@1", "recall@2": "R@2", "recall@4": "R@4", "recall@8": "R@8", "map@r": "MAP@R",
-                 "r_precision": "RP", "nmi": "NMI"}
+METRIC_LABELS = {
+    "recall@1": "R@1",
+    "recall@2": "R@2",
+    "recall@4": "R@4",
+    "recall@8": "R@8",
+    "map@r": "MAP@R",
+    "r_precision": "RP",
+    "nmi": "NMI",
+}
 
 
 def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
@@ -31,8 +38,10 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         )
     if records.is_complete(existing):
         if not cfg.force:
-            print(f"This run is already complete: {trainer.run_dir / 'record.json'} (pass force=true to train it "
-                  "again; the finished run is then moved aside, not deleted).")
+            print(
+                f"This run is already complete: {trainer.run_dir / 'record.json'} (pass force=true to train it "
+                "again; the finished run is then moved aside, not deleted)."
+            )
             return existing, trainer.run_dir
         moved = archive_finished_run(trainer.run_dir)
         print(f"force=true: the finished run was moved to {moved}")
@@ -48,8 +57,9 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{METRIC_LABELS.get(k, k)} {100 * v:.2f}" if k != "nmi" else f"NMI {v:.3f}"
-                     for k, v in metrics.items())
+    return "  ".join(
+        f"{METRIC_LABELS.get(k, k)} {100 * v:.2f}" if k != "nmi" else f"NMI {v:.3f}" for k, v in metrics.items()
+    )
 
 
 def main(overrides: list[str], as_json: bool = False) -> int:
@@ -66,8 +76,10 @@ def main(overrides: list[str], as_json: bool = False) -> int:
             elif info["job_id"] is None:
                 print(f"{info['run_dir']} is {info['note']}.")
             else:
-                print(f"Submitted SLURM job {info['job_id']}; run directory {info['run_dir']}; log {info['log_out']}."
-                      " Submitting it again resumes it, or skips it once complete.")
+                print(
+                    f"Submitted SLURM job {info['job_id']}; run directory {info['run_dir']}; log {info['log_out']}."
+                    " Submitting it again resumes it, or skips it once complete."
+                )
             return 0
     record, run_dir = run(cfg)
     if record is None:  # a rank other than 0 of a data-parallel run
@@ -75,8 +87,10 @@ def main(overrides: list[str], as_json: bool = False) -> int:
     if as_json:
         print(json.dumps({"record": str(run_dir / "record.json"), **record["metrics"]}, indent=2))
         return 0
-    print(f"\n{record['method']} on {record['dataset']} (seed {record['seed']}, backbone {record['backbone']['source']},"
-          f" selection: {record['selection']['rule']}, epoch {record['selection']['epoch']})")
+    print(
+        f"\n{record['method']} on {record['dataset']} (seed {record['seed']}, backbone {record['backbone']['source']},"
+        f" selection: {record['selection']['rule']}, epoch {record['selection']['epoch']})"
+    )
     if record["metrics"].get("val"):
         print(f"  val : {format_metrics(record['metrics']['val'])}")
     print(f"  test: {format_metrics(record['metrics']['test'])}")

@@ -25,8 +25,9 @@ class RecordWriter:
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved_config(cfg, trainer.run_dir)
         e = cfg.eval
-        self.eval_settings = evaluation_settings(ks=tuple(e.ks), kmeans_seed=e.kmeans_seed,
-                                                 kmeans_restarts=e.kmeans_restarts, backend=e.backend)
+        self.eval_settings = evaluation_settings(
+            ks=tuple(e.ks), kmeans_seed=e.kmeans_seed, kmeans_restarts=e.kmeans_restarts, backend=e.backend
+        )
         card = trainer.splits.card
         split_spec = {"card": card["name"], "split": card.get("split"), "rule": load_split_file(card).get("rule")}
         if card.get("needs_root") is False:  # embedded datasets: the generator options define the data
@@ -42,9 +43,16 @@ class RecordWriter:
         lines = "".join(json.dumps(h, default=float) + "\n" for h in self.t.history)
         records.write_text_atomic(self.history_path, lines)
 
-    def write(self, status: str, error: str | None = None, test: dict[str, float] | None = None,
-              val: dict[str, float] | None = None, selected_epoch: int | None = None, train_s: float | None = None,
-              eval_s: float | None = None) -> dict[str, Any]:
+    def write(
+        self,
+        status: str,
+        error: str | None = None,
+        test: dict[str, float] | None = None,
+        val: dict[str, float] | None = None,
+        selected_epoch: int | None = None,
+        train_s: float | None = None,
+        eval_s: float | None = None,
+    ) -> dict[str, Any]:
         t, cfg = self.t, self.t.cfg
         enc = t.encoder
         splits = {"train": _count(t.train_split), "test": _count(t.splits.test)}
@@ -59,26 +67,46 @@ class RecordWriter:
             "dataset": cfg.dataset.name,
             "seed": int(cfg.seed),
             "backbone": {
-                "name": cfg.backbone.name, "kind": cfg.backbone.kind, "pretrained": bool(cfg.backbone.pretrained),
-                "source": enc.info.source, "pooling": cfg.backbone.pooling, "embedding_dim": enc.embedding_dim,
-                "feature_dim": enc.feature_dim, "freeze_bn": bool(cfg.backbone.freeze_bn),
+                "name": cfg.backbone.name,
+                "kind": cfg.backbone.kind,
+                "pretrained": bool(cfg.backbone.pretrained),
+                "source": enc.info.source,
+                "pooling": cfg.backbone.pooling,
+                "embedding_dim": enc.embedding_dim,
+                "feature_dim": enc.feature_dim,
+                "freeze_bn": bool(cfg.backbone.freeze_bn),
             },
-            "data": {"image_size": int(cfg.data.image_size), "train_transform": t.transforms.description["train"],
-                     "test_transform": t.transforms.description["test"], "transform": cfg.data.transform,
-                     "normalization": {"mean": t.transforms.description["mean"], "std": t.transforms.description["std"]},
-                     "interpolation": t.transforms.description["interpolation"]},
+            "data": {
+                "image_size": int(cfg.data.image_size),
+                "train_transform": t.transforms.description["train"],
+                "test_transform": t.transforms.description["test"],
+                "transform": cfg.data.transform,
+                "normalization": {"mean": t.transforms.description["mean"], "std": t.transforms.description["std"]},
+                "interpolation": t.transforms.description["interpolation"],
+            },
             "splits": splits,
-            "selection": {"rule": cfg.eval.selection, "metric": cfg.eval.selection_metric,
-                          "epoch": selected_epoch,
-                          "label": "best epoch on the TEST set (reproduces older papers; not a fair protocol)"
-                          if cfg.eval.selection == "test" else None},
+            "selection": {
+                "rule": cfg.eval.selection,
+                "metric": cfg.eval.selection_metric,
+                "epoch": selected_epoch,
+                "label": "best epoch on the TEST set (reproduces older papers; not a fair protocol)"
+                if cfg.eval.selection == "test"
+                else None,
+            },
             "metrics": {"test": test, "val": val},
             "history": t.history,
-            "method_info": {"paper": t.method_cls.paper, "year": t.method_cls.year, "url": t.method_cls.url,
-                            "param_groups": t.param_group_info},
+            "method_info": {
+                "paper": t.method_cls.paper,
+                "year": t.method_cls.year,
+                "url": t.method_cls.url,
+                "param_groups": t.param_group_info,
+            },
             "diagnostics": t.method.diagnostics(),
-            "protocol": {"hash": records.protocol_hash(self.protocol_fields), "version": records.PROTOCOL_VERSION,
-                         "fields": self.protocol_fields},
+            "protocol": {
+                "hash": records.protocol_hash(self.protocol_fields),
+                "version": records.PROTOCOL_VERSION,
+                "fields": self.protocol_fields,
+            },
             "config_hash": config_hash(cfg),
             "config": self.config,
             "git": self.git,

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark import distributed, records
 from benchmark.config import config_hash, to_container
-from benchmark.data.base import DatasetSplits, carve_validation, load_dataset, load_split_file
+from benchmark.data.base import DatasetSplits, carve_validation, load_dataset
 from benchmark.encoder import Encoder
 from benchmark.method import Method, TaskInfo
 from benchmark.pipeline import ImageDataset, ListBatchSampler, build_transforms, epoch_batches
@@ -66,8 +66,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 #: Values used when neither the command line nor the dataset card sets a field left at None.
-FALLBACKS = {"data.image_size": 224, "backbone.name": "resnet50", "backbone.pretrained": True, "backbone.freeze_bn": True,
-             "train.lr": 1e-4, "train.epochs": 60}
+FALLBACKS = {
+    "data.image_size": 224,
+    "backbone.name": "resnet50",
+    "backbone.pretrained": True,
+    "backbone.freeze_bn": True,
+    "train.lr": 1e-4,
+    "train.epochs": 60,
+}
 
 
 def resolve_card_defaults(cfg: DictConfig, card: dict[str, Any]) -> None:
@@ -77,8 +83,11 @@ def resolve_card_defaults(cfg: DictConfig, card: dict[str, Any]) -> None:
     datasets train a small CNN from scratch at a higher learning rate than the paper protocols' pretrained ones.
     """
     defaults = card.get("defaults") or {}
-    sections = {"data": {"image_size": defaults.get("image_size"), **(defaults.get("data") or {})},
-                "backbone": defaults.get("backbone") or {}, "train": defaults.get("train") or {}}
+    sections = {
+        "data": {"image_size": defaults.get("image_size"), **(defaults.get("data") or {})},
+        "backbone": defaults.get("backbone") or {},
+        "train": defaults.get("train") or {},
+    }
     for section, values in sections.items():
         for key, value in values.items():
             if key in cfg[section] and cfg[section][key] is None and value is not None:
@@ -119,11 +128,23 @@ class Trainer:
         seed_everything(cfg.seed, cfg.train.deterministic, self.device)
         self.encoder = Encoder(cfg.backbone).to(self.device)
         info = self.encoder.info
-        self.transforms = build_transforms(cfg.data.transform, cfg.data.image_size, info.mean, info.std,
-                                           info.interpolation, cfg.data.resize_ratio, cfg.dataset.name)
-        task = TaskInfo(num_classes=len(train_classes), embedding_dim=self.encoder.embedding_dim,
-                        dataset=cfg.dataset.name, class_names=[self.splits.class_names[c] for c in train_classes],
-                        card=self.splits.card, feature_dim=self.encoder.feature_dim)
+        self.transforms = build_transforms(
+            cfg.data.transform,
+            cfg.data.image_size,
+            info.mean,
+            info.std,
+            info.interpolation,
+            cfg.data.resize_ratio,
+            cfg.dataset.name,
+        )
+        task = TaskInfo(
+            num_classes=len(train_classes),
+            embedding_dim=self.encoder.embedding_dim,
+            dataset=cfg.dataset.name,
+            class_names=[self.splits.class_names[c] for c in train_classes],
+            card=self.splits.card,
+            feature_dim=self.encoder.feature_dim,
+        )
         self.method: Method = self.method_cls(cfg.method, task).to(self.device)
         self.step_module = distributed.wrap(self.encoder, self.method, self.dist, self.device)  # DDP if distributed
         self._backbone_params = self.encoder.backbone_parameters()  # trainable ones (frozen BN excluded)
@@ -150,15 +171,32 @@ class Trainer:
         for group in self.method.param_groups():
             # An absolute rate from the paper (group.lr) replaces lr_mult x base; the schedule's factor still applies.
             lr = float(group.lr) if group.lr is not None else cfg.lr * group.lr_mult
-            groups.append({"name": group.name, "params": group.params, "lr_mult": group.lr_mult, "lr": lr,
-                           **({"weight_decay": group.weight_decay} if group.weight_decay is not None else {})})
-            self.param_group_info.append({"name": group.name, "lr_mult": group.lr_mult, "source": group.source,
-                                          "weight_decay": group.weight_decay, "absolute_lr": group.lr, "lr": lr})
+            groups.append(
+                {
+                    "name": group.name,
+                    "params": group.params,
+                    "lr_mult": group.lr_mult,
+                    "lr": lr,
+                    **({"weight_decay": group.weight_decay} if group.weight_decay is not None else {}),
+                }
+            )
+            self.param_group_info.append(
+                {
+                    "name": group.name,
+                    "lr_mult": group.lr_mult,
+                    "source": group.source,
+                    "weight_decay": group.weight_decay,
+                    "absolute_lr": group.lr,
+                    "lr": lr,
+                }
+            )
         owned = {id(p) for g in groups for p in g["params"]}
         missed = [n for n, p in self.method.named_parameters() if p.requires_grad and id(p) not in owned]
         if missed:
-            raise TrainingError(f"Method '{self.cfg.method.name}' has trainable parameters outside its "
-                                f"param_groups(): {missed[:5]}. Return them from param_groups().")
+            raise TrainingError(
+                f"Method '{self.cfg.method.name}' has trainable parameters outside its "
+                f"param_groups(): {missed[:5]}. Return them from param_groups()."
+            )
         for g in groups:
             g.setdefault("lr", cfg.lr * g["lr_mult"])
         self._optimised_params = [p for g in groups for p in g["params"]]
@@ -231,8 +269,9 @@ class Trainer:
         shard = distributed.shard_indices(len(dataset), self.dist)  # each rank embeds its share
         if self.dist.enabled:
             dataset = torch.utils.data.Subset(dataset, shard.tolist())
-        loader = torch.utils.data.DataLoader(dataset, batch_size=self.cfg.eval.batch_size, shuffle=False,
-                                             num_workers=self.cfg.data.num_workers)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.cfg.eval.batch_size, shuffle=False, num_workers=self.cfg.data.num_workers
+        )
         self.encoder.eval()
         self.method.eval()
         chunks, labels = [], []
@@ -242,16 +281,24 @@ class Trainer:
             chunks.append(z.float().cpu().numpy())
             labels.append(y.numpy())
         n = len(split)
-        return (distributed.gather_in_order(np.concatenate(chunks), shard, n, self.dist),
-                distributed.gather_in_order(np.concatenate(labels), shard, n, self.dist))
+        return (
+            distributed.gather_in_order(np.concatenate(chunks), shard, n, self.dist),
+            distributed.gather_in_order(np.concatenate(labels), shard, n, self.dist),
+        )
 
     def evaluate(self, split) -> dict[str, float]:
         from benchmark.evaluation import evaluate_embeddings
 
         embeddings, labels = self.embed(split)
         e = self.cfg.eval
-        return evaluate_embeddings(embeddings, labels, ks=tuple(e.ks), kmeans_seed=e.kmeans_seed,
-                                   kmeans_restarts=e.kmeans_restarts, backend=e.backend)
+        return evaluate_embeddings(
+            embeddings,
+            labels,
+            ks=tuple(e.ks),
+            kmeans_seed=e.kmeans_seed,
+            kmeans_restarts=e.kmeans_restarts,
+            backend=e.backend,
+        )
 
     # ----------------------------------------------------------------- training
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
@@ -293,12 +340,15 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         cfg = self.cfg.train
-        batches = epoch_batches(self.train_set.labels, cfg.batch_size, cfg.m_per_class, self.steps_per_epoch,
-                                self.cfg.seed, self.epoch)
+        batches = epoch_batches(
+            self.train_set.labels, cfg.batch_size, cfg.m_per_class, self.steps_per_epoch, self.cfg.seed, self.epoch
+        )
         batches = [distributed.rank_slice(b, self.dist, cfg.m_per_class) for b in batches]
         loader = torch.utils.data.DataLoader(
-            self.train_set, batch_sampler=ListBatchSampler(batches, self.step_in_epoch),
-            num_workers=self.cfg.data.num_workers, persistent_workers=False,
+            self.train_set,
+            batch_sampler=ListBatchSampler(batches, self.step_in_epoch),
+            num_workers=self.cfg.data.num_workers,
+            persistent_workers=False,
         )
         frozen = self.epoch < cfg.freeze_backbone_epochs
         for p in self._backbone_params:
@@ -329,8 +379,9 @@ class Trainer:
                 sums["_count"] = count
                 self.save_checkpoint()
                 _STOP["requested"] = False  # handled: a later run in this process starts clean
-                raise StopRequested(f"Stop requested: checkpoint written at epoch {self.epoch + 1}, "
-                                    f"step {self.step_in_epoch}.")
+                raise StopRequested(
+                    f"Stop requested: checkpoint written at epoch {self.epoch + 1}, step {self.step_in_epoch}."
+                )
         progress.close()
         stats = {key: value / max(count, 1) for key, value in sums.items()}
         stats["images_per_s"] = images_seen / max(time.time() - t0, 1e-9)
@@ -390,8 +441,14 @@ class Trainer:
             selected_epoch = self.best["epoch"]
         val_metrics = self.evaluate(self.val_split) if self.val_split is not None else None
         test_metrics = self.evaluate(self.splits.test)
-        return recorder.write(status="completed", test=test_metrics, val=val_metrics, selected_epoch=selected_epoch,
-                              train_s=train_time, eval_s=time.time() - t0)
+        return recorder.write(
+            status="completed",
+            test=test_metrics,
+            val=val_metrics,
+            selected_epoch=selected_epoch,
+            train_s=train_time,
+            eval_s=time.time() - t0,
+        )
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -401,8 +458,11 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _epoch_line(entry: dict[str, Any]) -> str:
-    parts = [f"epoch {entry['epoch']}", f"loss {entry.get('loss', float('nan')):.4f}",
-             f"{entry.get('images_per_s', 0):.0f} img/s"]
+    parts = [
+        f"epoch {entry['epoch']}",
+        f"loss {entry.get('loss', float('nan')):.4f}",
+        f"{entry.get('images_per_s', 0):.0f} img/s",
+    ]
     for split in ("val", "test"):
         if split in entry:
             parts.append(f"{split} R@1 {100 * entry[split]['recall@1']:.2f}")
@@ -424,5 +484,3 @@ def archive_finished_run(run_dir: Path) -> Path:
     target = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
     shutil.move(str(run_dir), str(target))
     return target
-
-

@@ -28,8 +28,12 @@ def read_test_blobs(card, root, strict, classes: int = 12, per_class: int = 8, s
             labels.append(c)
     images, labels = np.stack(images), np.array(labels)
     train = labels < classes // 2
-    return DatasetSplits("blobs", SplitData(images[train], labels[train]), SplitData(images[~train], labels[~train]),
-                         [f"class{c}" for c in range(classes)])
+    return DatasetSplits(
+        "blobs",
+        SplitData(images[train], labels[train]),
+        SplitData(images[~train], labels[~train]),
+        [f"class{c}" for c in range(classes)],
+    )
 
 
 BLOBS_CARD = {

@@ -27,8 +27,12 @@ def test_cnn_poolings_give_unit_embeddings(pooling):
     torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
     tokens = enc.tokens(x)
     feats = enc.pool(tokens)
-    expected = {"mean": tokens.mean(1), "max": tokens.amax(1), "maxavg": tokens.mean(1) + tokens.amax(1),
-                "gem": tokens.clamp(min=1e-6).pow(3).mean(1).pow(1 / 3)}[pooling]
+    expected = {
+        "mean": tokens.mean(1),
+        "max": tokens.amax(1),
+        "maxavg": tokens.mean(1) + tokens.amax(1),
+        "gem": tokens.clamp(min=1e-6).pow(3).mean(1).pow(1 / 3),
+    }[pooling]
     torch.testing.assert_close(feats, expected)
 
 

@@ -24,13 +24,20 @@ def test_run_writes_a_complete_record(tiny_overrides):
     for split in ("test", "val"):
         assert set(records.METRIC_KEYS) <= set(on_disk["metrics"][split])
         assert all(0.0 <= v <= 1.0 for v in on_disk["metrics"][split].values())
-    assert on_disk["splits"] == {"train": {"classes": 4, "images": 32}, "val": {"classes": 2, "images": 16},
-                                 "test": {"classes": 6, "images": 48}}
+    assert on_disk["splits"] == {
+        "train": {"classes": 4, "images": 32},
+        "val": {"classes": 2, "images": 16},
+        "test": {"classes": 6, "images": 48},
+    }
     assert on_disk["selection"]["rule"] == "val" and on_disk["selection"]["epoch"] in (1, 2)
     assert on_disk["method_info"]["param_groups"][0] == {
-        "name": "proxies", "lr_mult": 100.0, "weight_decay": None, "absolute_lr": None,
+        "name": "proxies",
+        "lr_mult": 100.0,
+        "weight_decay": None,
+        "absolute_lr": None,
         "lr": pytest.approx(100.0 * on_disk["config"]["train"]["lr"]),
-        "source": "Proxy Anchor official train.py: proxies at lr * lr_mult, lr_mult = 100"}
+        "source": "Proxy Anchor official train.py: proxies at lr * lr_mult, lr_mult = 100",
+    }
     assert len(on_disk["protocol"]["hash"]) == 12 and on_disk["git"]["sha"]
     assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints" / "last.pt").exists()
     assert [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
@@ -72,8 +79,13 @@ def test_resume_after_stop_gives_identical_metrics(tiny_overrides, tmp_path, mon
         run(interrupted)
     assert trainer_module._STOP["requested"] is False  # the trainer consumed the request
     monkeypatch.setattr(trainer_module.Trainer, "train_epoch", original)
-    partial = records.read_record(tmp_path / "b" / "blobs" / "proxy_anchor" / next(
-        p.name for p in (tmp_path / "b" / "blobs" / "proxy_anchor").iterdir()))
+    partial = records.read_record(
+        tmp_path
+        / "b"
+        / "blobs"
+        / "proxy_anchor"
+        / next(p.name for p in (tmp_path / "b" / "blobs" / "proxy_anchor").iterdir())
+    )
     assert partial["status"] == "running"
     resumed, _ = run(compose_config(tiny_overrides + [f"out_dir={tmp_path / 'b'}"]))
     assert resumed["metrics"] == uninterrupted["metrics"]
@@ -99,7 +111,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_overrides, monke
     record = records.read_record(trainer.run_dir)
     assert record["status"] == "failed" and "Loss is nan" in record["error"]
     state = torch.load(trainer.run_dir / "checkpoints" / "last.pt", weights_only=False)
-    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["encoder"].values() if v.is_floating_point())
+    assert state["epoch"] == 1 and all(
+        torch.isfinite(v).all() for v in state["encoder"].values() if v.is_floating_point()
+    )
 
 
 def test_checkpoint_from_another_config_is_refused(tiny_overrides):
@@ -174,8 +188,17 @@ def test_count_mismatch_fails_strict_and_warns_otherwise(datasets_dir):
 
 
 def test_frozen_backbone_warmup_accumulation_and_tensorboard(tiny_overrides):
-    cfg = compose_config(tiny_overrides + ["train.epochs=1", "train.freeze_backbone_epochs=1", "train.grad_accum=3",
-                                           "train.tensorboard=true", "train.log_every=1", "eval.selection=last"])
+    cfg = compose_config(
+        tiny_overrides
+        + [
+            "train.epochs=1",
+            "train.freeze_backbone_epochs=1",
+            "train.grad_accum=3",
+            "train.tensorboard=true",
+            "train.log_every=1",
+            "eval.selection=last",
+        ]
+    )
     trainer = Trainer(cfg)
     before = {n: p.detach().clone() for n, p in trainer.encoder.backbone.named_parameters() if p.requires_grad}
     head_before = trainer.encoder.head.weight.detach().clone()

@@ -14,7 +14,8 @@ from benchmark.method import EmbeddingLossMethod, MethodConfig
 
 
 def test_third_party_method_through_an_entry_point(tmp_path, monkeypatch):
-    (tmp_path / "thirdparty_method.py").write_text(textwrap.dedent('''
+    (tmp_path / "thirdparty_method.py").write_text(
+        textwrap.dedent("""
         from dataclasses import dataclass
         from benchmark.method import EmbeddingLossMethod, MethodConfig
         from benchmark.registry import register_method
@@ -33,7 +34,8 @@ def test_third_party_method_through_an_entry_point(tmp_path, monkeypatch):
 
             def loss(self, embeddings, labels):
                 return (embeddings.sum() * 0 + self.cfg.scale)
-    '''))
+    """)
+    )
     dist = tmp_path / "thirdparty_method-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-method\nVersion: 0.1\n")

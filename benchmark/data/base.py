@@ -151,7 +151,11 @@ def check_counts(card: dict[str, Any], splits: DatasetSplits, strict: bool) -> N
         "train_images": len(splits.train),
         "test_images": len(splits.test),
     }
-    diffs = [f"{key}: expected {expected[key]}, found {found[key]}" for key in found if key in expected and expected[key] != found[key]]
+    diffs = [
+        f"{key}: expected {expected[key]}, found {found[key]}"
+        for key in found
+        if key in expected and expected[key] != found[key]
+    ]
     if not diffs:
         return
     message = (
@@ -159,8 +163,10 @@ def check_counts(card: dict[str, Any], splits: DatasetSplits, strict: bool) -> N
         "The copy has missing or extra images, or the wrong archive."
     )
     if strict:
-        raise DatasetError(message + " Check the copy (python -m benchmark prepare dataset=...), or pass "
-                           "dataset.strict=false to use a miniature or partial copy anyway (the record says so).")
+        raise DatasetError(
+            message + " Check the copy (python -m benchmark prepare dataset=...), or pass "
+            "dataset.strict=false to use a miniature or partial copy anyway (the record says so)."
+        )
     warnings.warn(message + " Continuing because dataset.strict=false.", stacklevel=2)
 
 
