@@ -208,3 +208,14 @@ def test_frozen_backbone_warmup_accumulation_and_tensorboard(tiny_overrides):
     assert not torch.equal(head_before, trainer.encoder.head.weight)  # the head trained
     assert trainer.scheduler.last_epoch == 1  # 3 micro-batches accumulated into one optimiser step
     assert list((trainer.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_unreadable_image_is_named_never_skipped(tmp_path):
+    from benchmark.pipeline import open_image
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(DatasetError, match=r"Cannot read image .*broken.jpg.*does not skip images"):
+        open_image(str(bad))
+    with pytest.raises(DatasetError, match="missing.jpg"):
+        open_image(str(tmp_path / "missing.jpg"))
