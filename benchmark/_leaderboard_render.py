@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from benchmark.leaderboard import COMPARE_KEYS, METRICS, TABLE_KEYS
+from benchmark.records import write_atomic
 
 LABELS = {
     "recall@1": "R@1", "recall@2": "R@2", "recall@4": "R@4", "recall@8": "R@8",
@@ -42,21 +42,6 @@ class Context:
     command: str
     figures: dict[str, Path] = field(default_factory=dict)
     out_dir: Path = Path(".")
-
-
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def dataset_name(key: str) -> str:
