@@ -4,36 +4,19 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmark.data.base import DatasetSplits, SplitData, register_reader  # noqa: E402
+from benchmark.data.base import register_reader  # noqa: E402
+from tests.blobs import make_blobs  # noqa: E402
 
 
 @register_reader("test_blobs")
 def read_test_blobs(card, root, strict, classes: int = 12, per_class: int = 8, size: int = 16, seed: int = 0):
     """Coloured squares whose colour and position depend on the class, plus noise: learnable in a few steps."""
-    rng = np.random.RandomState(seed)
-    palette = rng.randint(0, 255, size=(classes, 3))
-    images, labels = [], []
-    for c in range(classes):
-        for _ in range(per_class):
-            img = rng.randint(0, 60, size=(size, size, 3)).astype(np.uint8)
-            x0 = (c * 3) % (size // 2)
-            img[x0 : x0 + size // 2, 2 : 2 + size // 2] = np.clip(palette[c] + rng.randint(-20, 20, 3), 0, 255)
-            images.append(img)
-            labels.append(c)
-    images, labels = np.stack(images), np.array(labels)
-    train = labels < classes // 2
-    return DatasetSplits(
-        "blobs",
-        SplitData(images[train], labels[train]),
-        SplitData(images[~train], labels[~train]),
-        [f"class{c}" for c in range(classes)],
-    )
+    return make_blobs("blobs", classes, per_class, size, seed, background=60, jitter=20)
 
 
 BLOBS_CARD = {

@@ -42,28 +42,13 @@ TINY = [
 
 
 def read_blobs(card, root, strict, classes: int = 40, per_class: int = 8, size: int = 16, seed: int = 0):
-    """Coloured squares whose colour and position depend on the class, under heavy noise (retrieval is imperfect,
-    so runs that differ end with different metrics)."""
-    from benchmark.data.base import DatasetSplits, SplitData
+    """Blobs under heavy noise (retrieval is imperfect, so runs that differ end with different metrics)."""
+    try:  # subprocesses put tests/ itself on sys.path; the test process has the repository root
+        from blobs import make_blobs
+    except ImportError:
+        from tests.blobs import make_blobs
 
-    rng = np.random.RandomState(seed)
-    palette = rng.randint(0, 255, size=(classes, 3))
-    images, labels = [], []
-    for c in range(classes):
-        for _ in range(per_class):
-            img = rng.randint(0, 160, size=(size, size, 3)).astype(np.uint8)
-            x0 = (c * 3) % (size // 2)
-            img[x0 : x0 + size // 2, 2 : 2 + size // 2] = np.clip(palette[c] + rng.randint(-70, 70, 3), 0, 255)
-            images.append(img)
-            labels.append(c)
-    images, labels = np.stack(images), np.array(labels)
-    train = labels < classes // 2
-    return DatasetSplits(
-        "sweepblobs",
-        SplitData(images[train], labels[train]),
-        SplitData(images[~train], labels[~train]),
-        [f"class{c}" for c in range(classes)],
-    )
+    return make_blobs("sweepblobs", classes, per_class, size, seed, background=160, jitter=70)
 
 
 def write_datasets_dir(target: Path) -> Path:
