@@ -32,6 +32,16 @@ def listing_lines() -> list[str]:
             )
         else:
             lines.append(f"  {kind:<20} backbone.kind={kind}")
+    from hydra.core.config_store import ConfigStore
+
+    from benchmark.config import register_configs
+
+    register_configs()
+    for option in sorted(ConfigStore.instance().repo.get("backbone", {})):
+        preset = option.removesuffix(".yaml")
+        if preset != "timm":
+            node = ConfigStore.instance().repo["backbone"][option].node
+            lines.append(f"  backbone={preset:<11} preset: kind {node.kind}, name {node.name}")
     return lines
 
 
