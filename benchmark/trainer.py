@@ -107,7 +107,6 @@ class Trainer:
     """Builds everything a run needs from its config, trains, selects, evaluates and writes the record."""
 
     def __init__(self, cfg: DictConfig) -> None:
-        self.started = time.time()
         self.cfg = cfg
         self.method_cls = get_method(cfg.method.name)
         self.splits: DatasetSplits = load_dataset(
