@@ -85,6 +85,9 @@ class EvalConfig:
     kmeans_seed: int = 0
     kmeans_restarts: int = 10
     backend: str = "auto"  # kNN: auto (faiss, GPU if present) | faiss | torch
+    # A linear probe per attribute on the test embeddings, where the dataset names its classes' attributes
+    # (benchmark/attribute_probe.py); false: skip it. It adds a measurement and changes no other result.
+    attribute_probe: bool = True
 
 
 @dataclass
@@ -122,6 +125,7 @@ NON_RESULT_KEYS = (
     "train.progress",
     "eval.batch_size",
     "eval.backend",
+    "eval.attribute_probe",  # an extra measurement on the same model: same run, and older runs keep their hash
 )
 
 _REGISTERED = False

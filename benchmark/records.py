@@ -4,11 +4,17 @@ Schema (version 1), one file per run directory::
 
     schema_version, run_id, status ("running" | "completed" | "failed"), error, method, dataset, seed,
     backbone {...}, data {...}, splits {train|val|test: {classes, images}},
-    selection {rule, metric, epoch}, metrics {test: {...}, val: {...} | null}, history [...],
-    method_info {...}, diagnostics {...}, protocol {hash, version, fields}, config_hash, config {...},
+    selection {rule, metric, epoch}, metrics {test: {...}, val: {...} | null}, attribute_probe {...} | null,
+    history [...], method_info {...}, diagnostics {...}, protocol {hash, version, fields}, config_hash, config {...},
     git {sha, dirty}, versions {...}, timings {...}, evaluation {...}
 
 Metric keys: ``recall@1``, ``recall@2``, ``recall@4``, ``recall@8``, ``map@r``, ``r_precision``, ``nmi`` (fractions).
+
+``attribute_probe`` (an optional addition to version 1: absent in older records, null where the dataset names no
+class attributes or ``eval.attribute_probe=false``) holds the class-disjoint linear probe of each attribute on the
+test embeddings, as :func:`benchmark.attribute_probe.probe_attributes` returns it: ``accuracy {attribute:
+fraction}``, ``chance {attribute: fraction}``, ``mean_accuracy``, ``mean_chance``, ``skipped``, counts and settings;
+or ``{error}`` saying why it could not be computed (e.g. fewer than 4 test classes).
 """
 
 from __future__ import annotations

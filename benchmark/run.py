@@ -94,5 +94,9 @@ def main(overrides: list[str], as_json: bool = False) -> int:
     if record["metrics"].get("val"):
         print(f"  val : {format_metrics(record['metrics']['val'])}")
     print(f"  test: {format_metrics(record['metrics']['test'])}")
+    if record.get("attribute_probe"):
+        from benchmark.attribute_probe import format_probe
+
+        print(f"  {format_probe(record['attribute_probe'])}")
     print(f"Run record: {run_dir / 'record.json'}")
     return 0

@@ -52,6 +52,7 @@ class RecordWriter:
         selected_epoch: int | None = None,
         train_s: float | None = None,
         eval_s: float | None = None,
+        attribute_probe: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         t, cfg = self.t, self.t.cfg
         enc = t.encoder
@@ -94,6 +95,7 @@ class RecordWriter:
                 else None,
             },
             "metrics": {"test": test, "val": val},
+            "attribute_probe": attribute_probe,
             "history": t.history,
             "method_info": {
                 "paper": t.method_cls.paper,

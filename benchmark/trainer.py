@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -286,9 +287,11 @@ class Trainer:
         )
 
     def evaluate(self, split) -> dict[str, float]:
+        return self._score(*self.embed(split))
+
+    def _score(self, embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         from benchmark.evaluation import evaluate_embeddings
 
-        embeddings, labels = self.embed(split)
         e = self.cfg.eval
         return evaluate_embeddings(
             embeddings,
@@ -439,7 +442,9 @@ class Trainer:
             self.method.load_state_dict(best["method"])
             selected_epoch = self.best["epoch"]
         val_metrics = self.evaluate(self.val_split) if self.val_split is not None else None
-        test_metrics = self.evaluate(self.splits.test)
+        test_embeddings, test_labels = self.embed(self.splits.test)
+        test_metrics = self._score(test_embeddings, test_labels)
+        probe = self._attribute_probe(test_embeddings, test_labels)
         return recorder.write(
             status="completed",
             test=test_metrics,
@@ -447,7 +452,21 @@ class Trainer:
             selected_epoch=selected_epoch,
             train_s=train_time,
             eval_s=time.time() - t0,
+            attribute_probe=probe,
         )
+
+    def _attribute_probe(self, embeddings: np.ndarray, labels: np.ndarray) -> dict[str, Any] | None:
+        """Linear probes of the dataset's class attributes on the test embeddings (None: off, or no attributes)."""
+        attributes = self.splits.class_attributes
+        if not (self.cfg.eval.attribute_probe and attributes and self.dist.is_main):
+            return None
+        from benchmark.attribute_probe import ProbeError, class_attributes_by_id, probe_attributes
+
+        try:  # folds are drawn with seed 0 for every run, so methods and seeds are probed on the same folds
+            return probe_attributes(embeddings, labels, class_attributes_by_id(self.splits.class_names, attributes))
+        except ProbeError as err:  # e.g. a miniature test split: the trained run is kept, the record says why
+            warnings.warn(f"Attribute probe skipped: {err}", stacklevel=2)
+            return {"error": str(err)}
 
 
 def _progress(total: int, desc: str, enabled: bool):

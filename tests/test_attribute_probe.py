@@ -1,0 +1,188 @@
+"""Attribute probes (benchmark/attribute_probe.py) and their place in the run record.
+
+The probe is checked on synthetic embeddings whose content is known (an attribute written linearly into them, one
+absent, class identity without attributes); the engine wiring on a real miniature run of the attribute dataset; the
+report on records made from a real run record with their method, SAGA switches, seeds and numbers varied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from benchmark.attribute_probe import ProbeError, class_attributes_by_id, format_probe, probe_attributes
+from benchmark.config import compose_config, config_hash
+from benchmark.data.attributes import ATTRIBUTES, class_attribute_table
+from benchmark.run import main as run_main
+from tests.test_zoo_beats_pretrained import BUDGET
+
+# The default attribute dataset's 48 test classes (ids 48-95), 30 images each: the probe's real input size.
+TABLE = class_attribute_table(seed=0, classes=96)
+ATTRS = class_attributes_by_id(list(TABLE), TABLE)
+LABELS = np.repeat(np.arange(48, 96), 30)
+
+
+def _values(attribute: str) -> np.ndarray:
+    return np.array([ATTRS[int(c)][attribute] for c in LABELS])
+
+
+def _one_hot(values: np.ndarray) -> np.ndarray:
+    return (values[:, None] == np.unique(values)[None, :]).astype(float)
+
+
+# ----------------------------------------------------------------------------------------------- the probe
+# A factorial class table: every combination of shape (4 values) x colour (3) x size (4) is one class, so the
+# attributes are independent across classes and knowing one says nothing about another.
+FACTORIAL = {c: {"shape": "abcd"[c % 4], "colour": "xyz"[(c // 4) % 3], "size": "klmn"[c // 12]} for c in range(48)}
+FACTORIAL_LABELS = np.repeat(np.arange(48), 20)
+
+
+def test_an_encoded_attribute_is_read_and_an_absent_one_is_at_chance():
+    rng = np.random.default_rng(0)
+    shape = np.array([FACTORIAL[int(c)]["shape"] for c in FACTORIAL_LABELS])
+    code = 2.0 * _one_hot(shape) + 0.3 * rng.normal(size=(len(shape), 4))
+    x = np.hstack([code, rng.normal(size=(len(shape), 40))])  # shape written in, the rest noise
+    result = probe_attributes(x, FACTORIAL_LABELS, FACTORIAL)
+    assert list(result["accuracy"]) == ["shape", "colour", "size"] and not result["skipped"]
+    assert result["accuracy"]["shape"] > 0.95 and result["chance"]["shape"] == pytest.approx(0.25, abs=0.05)
+    for attribute in ("colour", "size"):  # not in the embedding: no better than chance
+        assert result["accuracy"][attribute] < result["chance"][attribute] + 0.08, attribute
+        assert result["other_attributes"][attribute] < result["chance"][attribute] + 0.08, attribute
+    assert result["mean_accuracy"] == pytest.approx(np.mean(list(result["accuracy"].values())))
+    assert result["mean_chance"] == pytest.approx(np.mean(list(result["chance"].values())))
+    assert (result["n_images"], result["n_classes"], result["seed"]) == (960, 48, 0)
+    assert result == probe_attributes(x, FACTORIAL_LABELS, FACTORIAL)  # deterministic
+    json.dumps(result)  # goes into the record as it is
+
+
+def test_correlated_attributes_are_read_through_each_other_up_to_the_other_attributes_level():
+    """In the attribute dataset the test classes' attributes are correlated (classes are one-attribute mutations
+    of each other): an embedding of body colour alone lets a probe read the border style well above chance. The
+    ``other_attributes`` level bounds what such correlation explains; the encoded attribute itself exceeds it."""
+    rng = np.random.default_rng(0)
+    colour = _one_hot(_values("body color"))
+    x = np.hstack([2.0 * colour + 0.3 * rng.normal(size=colour.shape), rng.normal(size=(len(LABELS), 20))])
+    result = probe_attributes(x, LABELS, ATTRS)
+    assert list(result["accuracy"]) == list(ATTRIBUTES)
+    assert result["accuracy"]["body color"] > 0.95 > result["other_attributes"]["body color"] + 0.2
+    assert result["accuracy"]["border style"] > result["chance"]["border style"] + 0.15  # read through colour
+    for attribute in ATTRIBUTES:
+        if attribute != "body color":
+            assert result["accuracy"][attribute] < result["other_attributes"][attribute] + 0.05, attribute
+
+
+def test_a_probe_that_could_only_memorise_classes_scores_at_chance():
+    """Embeddings carry class identity (a random centre per class) and nothing else about the attributes: a probe
+    scored on images of its training classes would recall each class's values; the class-disjoint probe cannot."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(96, 64))
+    x = centres[LABELS] + 0.3 * rng.normal(size=(len(LABELS), 64))
+    result = probe_attributes(x, LABELS, ATTRS)
+    assert result["mean_accuracy"] < result["mean_chance"] + 0.05
+    # The same linear probe scored on held-out images of SEEN classes memorises them: the check above can fail.
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    values = _values("body shape")
+    seen = cross_val_predict(probe, x, values, cv=StratifiedKFold(2, shuffle=True, random_state=0))
+    assert (seen == values).mean() > 0.9 > result["accuracy"]["body shape"] + 0.4
+
+
+def test_the_probe_is_fast_on_the_datasets_test_split():
+    x = np.random.default_rng(2).normal(size=(1440, 128)).astype(np.float32)
+    start = time.perf_counter()
+    probe_attributes(x, LABELS, ATTRS)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_an_attribute_with_one_value_is_skipped_with_the_reason():
+    attrs = {c: {**a, "border style": "thin"} for c, a in ATTRS.items()}
+    result = probe_attributes(np.random.default_rng(3).normal(size=(1440, 8)), LABELS, attrs)
+    assert "border style" not in result["accuracy"] and "one value ('thin')" in result["skipped"]["border style"]
+
+
+@pytest.mark.parametrize(
+    ("embeddings", "labels", "attrs", "message"),
+    [
+        (np.zeros(1440), LABELS, ATTRS, "N×D array"),
+        (np.zeros((1440, 4)), LABELS[:-1], ATTRS, "vector of 1440 class ids"),
+        (np.full((1440, 4), np.nan), LABELS, ATTRS, "NaN"),
+        (np.zeros((1440, 4)), LABELS.astype(float), ATTRS, "integer class ids"),
+        (np.zeros((60, 4)), LABELS[:60], ATTRS, "at least 4 classes"),
+        (
+            np.zeros((1440, 4)),
+            LABELS,
+            {c: a for c, a in ATTRS.items() if c != 50},
+            r"no entry for class id\(s\) \[50\]",
+        ),
+        (np.zeros((1440, 4)), LABELS, {**ATTRS, 60: {"pattern": "dots"}}, "same attributes"),
+    ],
+)
+def test_bad_input_is_refused_with_what_was_expected(embeddings, labels, attrs, message):
+    with pytest.raises(ProbeError, match=message):
+        probe_attributes(embeddings, labels, attrs)
+
+
+# ----------------------------------------------------------------------------------------------- the engine
+TINY = [o for o in BUDGET if not o.startswith(("train.epochs=", "train.steps_per_epoch="))]
+TINY += ["train.epochs=1", "train.steps_per_epoch=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """Real miniature runs on the attribute dataset (16 unseen test classes): pretrained and proxy_anchor."""
+    out = tmp_path_factory.mktemp("probe_runs")
+    printed = {}
+    for method in ("pretrained", "proxy_anchor"):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), pytest.warns(UserWarning, match="expected counts"):
+            assert run_main([*TINY, f"method={method}", f"out_dir={out}"]) == 0
+        printed[method] = buf.getvalue()
+    records = {p.parent.parent.name: json.loads(p.read_text()) for p in out.rglob("record.json")}
+    return out, records, printed
+
+
+def test_a_run_on_the_attribute_dataset_records_and_prints_the_probe(tiny_runs):
+    _, records, printed = tiny_runs
+    for method, record in records.items():
+        probe = record["attribute_probe"]
+        assert probe["n_classes"] == 16 and probe["n_images"] == 192
+        assert set(probe["accuracy"]) | set(probe["skipped"]) == set(ATTRIBUTES)
+        assert all(0 <= v <= 1 for v in [*probe["accuracy"].values(), *probe["chance"].values()])
+        assert format_probe(probe) in printed[method]
+        assert "attribute probe (linear, class-disjoint): mean" in printed[method]
+    # chance depends on the labels and the folds only: the same for every method
+    assert records["pretrained"]["attribute_probe"]["chance"] == records["proxy_anchor"]["attribute_probe"]["chance"]
+    assert (
+        records["pretrained"]["attribute_probe"]["accuracy"] != records["proxy_anchor"]["attribute_probe"]["accuracy"]
+    )
+
+
+def test_the_probe_can_be_turned_off_without_changing_the_run(tiny_runs, tmp_path):
+    out, records, _ = tiny_runs
+    overrides = [*TINY, "method=pretrained", f"out_dir={tmp_path}"]
+    with pytest.warns(UserWarning, match="expected counts"):
+        assert run_main([*overrides, "eval.attribute_probe=false"]) == 0
+    (path,) = tmp_path.rglob("record.json")
+    record = json.loads(path.read_text())
+    assert record["attribute_probe"] is None
+    assert record["config_hash"] == records["pretrained"]["config_hash"]  # a measurement switch, not another run
+    assert record["metrics"]["test"] == records["pretrained"]["metrics"]["test"]
+    assert config_hash(compose_config([*overrides, "eval.attribute_probe=false"])) == config_hash(
+        compose_config(overrides)
+    )
+
+
+def test_a_dataset_without_attributes_records_no_probe(tiny_overrides, capsys):
+    assert run_main([*tiny_overrides, "method=pretrained"]) == 0
+    assert "attribute probe" not in capsys.readouterr().out
+    (path,) = Path(tiny_overrides[-1].split("=", 1)[1]).rglob("record.json")
+    assert json.loads(path.read_text())["attribute_probe"] is None
