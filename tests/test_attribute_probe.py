@@ -1,4 +1,4 @@
-"""Attribute probes (benchmark/attribute_probe.py) and their place in the run record.
+"""Attribute probes (benchmark/attribute_probe.py), their place in the run record, and the world report.
 
 The probe is checked on synthetic embeddings whose content is known (an attribute written linearly into them, one
 absent, class identity without attributes); the engine wiring on a real miniature run of the attribute dataset; the
@@ -8,12 +8,15 @@ report on records made from a real run record with their method, SAGA switches, 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
+import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -24,6 +27,7 @@ from benchmark.attribute_probe import ProbeError, class_attributes_by_id, format
 from benchmark.config import compose_config, config_hash
 from benchmark.data.attributes import ATTRIBUTES, class_attribute_table
 from benchmark.run import main as run_main
+from benchmark.world_report import ROW_ORDER, load_runs, row_label, write_world_report
 from tests.test_zoo_beats_pretrained import BUDGET
 
 # The default attribute dataset's 48 test classes (ids 48-95), 30 images each: the probe's real input size.
@@ -186,3 +190,135 @@ def test_a_dataset_without_attributes_records_no_probe(tiny_overrides, capsys):
     assert "attribute probe" not in capsys.readouterr().out
     (path,) = Path(tiny_overrides[-1].split("=", 1)[1]).rglob("record.json")
     assert json.loads(path.read_text())["attribute_probe"] is None
+
+
+# ----------------------------------------------------------------------------------------------- the report
+def _variant(template: dict, method: str, seed: int, level: float, grpo=None, kl=None, lr=1e-3) -> dict:
+    """A copy of a real record as another method / SAGA ablation / seed, with known metrics and probe numbers."""
+    rec = copy.deepcopy(template)
+    rec["method"], rec["seed"] = method, seed
+    rec["config"]["method"] = {"name": method, "lr_note": lr}
+    if method == "saga":
+        rec["config"]["method"].update(use_grpo=grpo, use_kl=kl)
+    rec["config_hash"] = f"{method[:3]}{int(bool(grpo))}{int(bool(kl))}{int(lr * 1e4):03d}"
+    rec["run_id"] = f"{method}-attributes-{rec['config_hash']}-s{seed}"
+    rec["metrics"]["test"] = {k: min(1.0, level + 0.05 * i) for i, k in enumerate(rec["metrics"]["test"])}
+    probe = rec["attribute_probe"]
+    probe["accuracy"] = {a: min(1.0, level + 0.02 * i + 0.01 * seed) for i, a in enumerate(probe["accuracy"])}
+    probe["mean_accuracy"] = float(np.mean(list(probe["accuracy"].values())))
+    return rec
+
+
+def _write(root: Path, rec: dict) -> Path:
+    d = root / rec["dataset"] / rec["method"] / f"{rec['config_hash']}-s{rec['seed']}"
+    d.mkdir(parents=True)
+    (d / "record.json").write_text(json.dumps(rec))
+    return d
+
+
+PLAN = [  # (method, use_grpo, use_kl, level, seeds)
+    ("saga", True, True, 0.70, 3),
+    ("triplet", None, None, 0.40, 1),
+    ("saga", True, False, 0.62, 2),
+    ("potential_field", None, None, 0.55, 2),
+    ("saga", False, True, 0.60, 2),
+    ("proxy_anchor", None, None, 0.50, 3),
+    ("pretrained", None, None, 0.30, 2),
+]
+EXPECTED_ROWS = [
+    "pretrained",
+    "proxy_anchor",
+    "potential_field",
+    "saga (KL only)",
+    "saga (GRPO only)",
+    "saga",
+    "triplet",
+]
+
+
+@pytest.fixture
+def report_runs(tiny_runs, tmp_path):
+    template = tiny_runs[1]["pretrained"]
+    root, written = tmp_path / "runs", []
+    for method, grpo, kl, level, seeds in PLAN:
+        for seed in range(seeds):
+            written.append(_variant(template, method, seed, level, grpo, kl))
+            _write(root, written[-1])
+    return root, written
+
+
+def test_row_labels_follow_the_saga_switches():
+    assert row_label("proxy_anchor", {"method": {"use_kl": False}}) == "proxy_anchor"
+    cases = {(True, True): "saga", (True, False): "saga (GRPO only)", (False, True): "saga (KL only)"}
+    for (grpo, kl), label in cases.items():
+        assert row_label("saga", {"method": {"use_grpo": grpo, "use_kl": kl}}) == label
+    assert row_label("saga", {"method": {"use_grpo": False, "use_kl": False}}) == "saga (no GRPO, no KL)"
+
+
+def test_the_report_writes_its_three_files_with_rows_in_order(report_runs, tmp_path):
+    root, written = report_runs
+    paths = write_world_report(root, tmp_path / "report")
+    assert set(paths) == {"csv", "md", "png"} and all(p.parent == tmp_path / "report" for p in paths.values())
+    assert not list((tmp_path / "report").glob(".*.tmp"))  # atomic writes leave no temporary file
+    results = pd.read_csv(paths["csv"])
+    assert len(results) == len(written)
+    assert list(dict.fromkeys(results["row"])) == EXPECTED_ROWS
+    assert EXPECTED_ROWS[:6] == list(ROW_ORDER)
+    saga = results[results["method"] == "saga"]
+    assert set(zip(saga["row"], saga["use_grpo"], saga["use_kl"], strict=True)) == {
+        ("saga", True, True),
+        ("saga (GRPO only)", True, False),
+        ("saga (KL only)", False, True),
+    }
+    # summary.md: one line per row in order, mean ± sample std computed here with statistics
+    md = paths["md"].read_text()
+    table_rows = [line.split(" | ")[0].strip("| ") for line in md.splitlines() if line.startswith("| ")]
+    retrieval = table_rows[1 : 1 + len(EXPECTED_ROWS)]
+    assert retrieval == EXPECTED_ROWS
+    saga_r1 = [r["metrics"]["test"]["recall@1"] for r in written if r["method"] == "saga" and r["config"]["method"]["use_kl"] and r["config"]["method"]["use_grpo"]]  # fmt: skip
+    saga_line = next(line for line in md.splitlines() if line.startswith("| saga | 3 |"))
+    assert f"{100 * statistics.mean(saga_r1):.1f} ± {100 * statistics.stdev(saga_r1):.1f}" in saga_line
+    attr = next(iter(written[0]["attribute_probe"]["accuracy"]))
+    pa = [r["attribute_probe"]["accuracy"][attr] for r in written if r["method"] == "proxy_anchor"]
+    pa_probe_line = [line for line in md.splitlines() if line.startswith("| proxy_anchor | 3 |")][1]
+    assert pa_probe_line.split(" | ")[2] == f"{100 * statistics.mean(pa):.1f} ± {100 * statistics.stdev(pa):.1f}"
+    chance = written[0]["attribute_probe"]["chance"][attr]
+    assert f"| *chance (majority value)* | | {100 * chance:.1f} |" in md
+    other = written[0]["attribute_probe"]["other_attributes"][attr]
+    assert f"| *from the other attributes* | | {100 * other:.1f} |" in md
+    assert results[f"other:{attr}"].tolist() == pytest.approx([other] * len(written), abs=1e-6)
+    png = paths["png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+def test_one_label_over_two_configurations_is_split_by_config_hash(report_runs, tiny_runs):
+    root, _ = report_runs
+    _write(root, _variant(tiny_runs[1]["pretrained"], "saga", 0, 0.75, True, True, lr=3e-3))
+    runs, _, _ = load_runs(root)
+    saga_rows = sorted(r for r in set(runs["row"]) if r.startswith("saga ["))
+    assert saga_rows == ["saga [sag11010]", "saga [sag11030]"]
+    assert list(dict.fromkeys(runs["row"]))[-3:] == [*saga_rows, "triplet"]
+
+
+def test_a_run_without_probe_results_is_shown_and_said(report_runs, tmp_path):
+    root, written = report_runs
+    rec = copy.deepcopy(written[-1])
+    rec.update(seed=7, run_id="pretrained-off-s7", attribute_probe=None)
+    _write(root, rec)
+    md = write_world_report(root, tmp_path / "report")["md"].read_text()
+    assert "Runs without probe results:" in md and "no probe in the record" in md
+    assert any(line.startswith("| pretrained | 3 |") for line in md.splitlines())  # retrieval: 3 seeds
+    assert any(line.startswith("| pretrained | 2 |") for line in md.splitlines())  # probe: 2 seeds
+
+
+def test_the_report_refuses_an_empty_or_mixed_directory(report_runs, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="No finished run records"):
+        write_world_report(tmp_path / "empty", tmp_path / "report")
+    root, written = report_runs
+    other = copy.deepcopy(written[0])
+    other.update(dataset="blobs", run_id="x-blobs")
+    _write(root, other)
+    with pytest.raises(ValueError, match="mix experiments"):
+        write_world_report(root, tmp_path / "report")
+    assert not (tmp_path / "report").exists()
