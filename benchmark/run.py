@@ -85,7 +85,8 @@ def main(overrides: list[str], as_json: bool = False) -> int:
     if record is None:  # a rank other than 0 of a data-parallel run
         return 0
     if as_json:
-        print(json.dumps({"record": str(run_dir / "record.json"), **record["metrics"]}, indent=2))
+        probe = {"attribute_probe": record["attribute_probe"]} if record.get("attribute_probe") else {}
+        print(json.dumps({"record": str(run_dir / "record.json"), **record["metrics"], **probe}, indent=2))
         return 0
     print(
         f"\n{record['method']} on {record['dataset']} (seed {record['seed']}, backbone {record['backbone']['source']},"

@@ -155,7 +155,7 @@ def tiny_runs(tmp_path_factory):
 
 
 def test_a_run_on_the_attribute_dataset_records_and_prints_the_probe(tiny_runs):
-    _, records, printed = tiny_runs
+    out, records, printed = tiny_runs
     for method, record in records.items():
         probe = record["attribute_probe"]
         assert probe["n_classes"] == 16 and probe["n_images"] == 192
@@ -163,6 +163,11 @@ def test_a_run_on_the_attribute_dataset_records_and_prints_the_probe(tiny_runs):
         assert all(0 <= v <= 1 for v in [*probe["accuracy"].values(), *probe["chance"].values()])
         assert format_probe(probe) in printed[method]
         assert "attribute probe (linear, class-disjoint): mean" in printed[method]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.warns(UserWarning, match="expected counts"):  # complete: not rerun
+        assert run_main([*TINY, "method=pretrained", f"out_dir={out}"], as_json=True) == 0
+    text = buf.getvalue()
+    assert json.loads(text[text.index("{\n") :])["attribute_probe"] == records["pretrained"]["attribute_probe"]
     # chance depends on the labels and the folds only: the same for every method
     assert records["pretrained"]["attribute_probe"]["chance"] == records["proxy_anchor"]["attribute_probe"]["chance"]
     assert (
