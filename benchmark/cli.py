@@ -23,6 +23,10 @@ commands:
   status SWEEP_DIR [--json]  pending / running / done / failed per cell, with errors and log tails
   leaderboard DIRS... [--out leaderboard/]
                              gather run records into Markdown/LaTeX/CSV/HTML tables and figures
+  world-report RUNS_DIR --out DIR
+                             attribute-world results: R@K and per-attribute linear probes per method row
+  supervisor build|show      build (or show the card of) the trained tiny SAGA supervisor of the 'attributes'
+                             world; backbone.name=attributes-supervisor finds it in the cache or builds it
 """
 
 
@@ -79,6 +83,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_world_report(args: argparse.Namespace) -> int:
+    from benchmark.world_report import write_world_report
+
+    try:
+        paths = write_world_report(args.runs_dir, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from benchmark.sweep_status import main as status_main
 
@@ -92,11 +109,12 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "prepare": (_cmd_prepare, "fetch, verify and validate a dataset"),
     "sweep": (_cmd_sweep, "submit a sweep to SLURM (or run it here with --local)"),
     "status": (_cmd_status, "show the state of every cell of a sweep"),
+    "world-report": (_cmd_world_report, "per-attribute probe and Recall@K report of an attributes-world sweep"),
 }
 
 
 #: Commands implemented by a module's own ``main(argv)``.
-PASSTHROUGH = {"leaderboard": "benchmark.leaderboard"}
+PASSTHROUGH = {"leaderboard": "benchmark.leaderboard", "supervisor": "benchmark.backbones.world_supervisor"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help=COMMANDS["status"][1])
     p.add_argument("sweep_dir", help="the sweep directory printed at submission")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p = sub.add_parser("world-report", help=COMMANDS["world-report"][1])
+    p.add_argument("runs_dir", help="a directory of run records (e.g. a sweep directory's runs/)")
+    p.add_argument("--out", required=True, help="where results.csv, summary.md and probe.png go")
     for name, module in PASSTHROUGH.items():
         sub.add_parser(name, help=f"see python -m benchmark {name} --help ({module})", add_help=False)
     return parser

@@ -238,3 +238,29 @@ def test_replay_positions_match_the_library_and_the_cached_decoding(name):
     logits = sup.model(**kwargs).logits[:, prefix.length - 1 : -1].float()
     reference = logits.log_softmax(-1).gather(-1, ro.tokens[..., None]).squeeze(-1)
     assert torch.allclose(logprobs, reference, atol=1e-4)
+
+
+def test_batched_vision_attention_equals_the_library_per_image_loop():
+    """The tower runs same-size images as one batched attention; outputs and gradients equal HF's per-image loop,
+    and mixed sizes (which the batched path cannot take) still go through the library's own code."""
+    import copy
+
+    from benchmark.backbones._mllm_tiny import build_tiny_model
+
+    visual = build_tiny_model(mllm.TINY_NAME, seed=3).model.visual
+    reference = copy.deepcopy(visual)  # unpatched
+    tower = mllm.MLLMVisionTower(visual, mllm.TINY_NAME)
+    images = torch.randn(3, 3, 64, 64)
+    pixels, grid = tower.patchify(images)
+    ours = tower.visual(pixels, grid_thw=grid).pooler_output
+    theirs = reference(pixels, grid_thw=grid).pooler_output
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    ours.square().sum().backward()
+    theirs.square().sum().backward()
+    for (name, a), b in zip(visual.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+    small, grid_small = tower.patchify(torch.randn(1, 3, 32, 32))
+    mixed = torch.cat([pixels[: len(pixels) // 3], small]), torch.cat([grid[:1], grid_small])
+    torch.testing.assert_close(
+        tower.visual(mixed[0], grid_thw=mixed[1]).pooler_output, reference(*mixed[:1], grid_thw=mixed[1]).pooler_output
+    )

@@ -57,27 +57,36 @@ _CORPUS = [
 _TOKENIZERS: dict[str, Any] = {}
 
 
-def build_tiny_tokenizer(family: str = "qwen3_vl") -> Any:
-    """A byte-level BPE tokenizer trained in code, with the families' special tokens and chat layout (cached)."""
-    if family in _TOKENIZERS:
-        return _TOKENIZERS[family]
+def train_tokenizer(corpus: list[str], vocab_size: int, family: str = "qwen3_vl", pre_tokenizer: Any = None) -> Any:
+    """A byte-level BPE tokenizer trained in code on ``corpus``, with the families' special tokens and chat layout.
+
+    ``pre_tokenizer`` (a ``tokenizers`` pre-tokenizer) replaces the usual word split; the byte-level mapping is
+    always applied after it.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre_tokenizer is None)
+    tok.pre_tokenizer = byte_level if pre_tokenizer is None else pre_tokenizers.Sequence([pre_tokenizer, byte_level])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer)
+    tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.chat_template = _CHAT_TEMPLATE.replace("IMAGE_ITEM", IMAGE_ITEM[family])
-    _TOKENIZERS[family] = fast
     return fast
+
+
+def build_tiny_tokenizer(family: str = "qwen3_vl") -> Any:
+    """The tiny models' tokenizer: trained on a small corpus of SAGA-style prompts and answers (cached)."""
+    if family not in _TOKENIZERS:
+        _TOKENIZERS[family] = train_tokenizer(_CORPUS * 4, 600, family)
+    return _TOKENIZERS[family]
 
 
 def _text_config(vocab_size: int, pad: int) -> dict[str, Any]:

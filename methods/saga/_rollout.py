@@ -77,16 +77,18 @@ def build_prefix(
 
 
 def _image_outputs(sup: Any, vision: Any, rows: int) -> dict[str, Any]:
-    """``mm_encoder_outputs`` for ``rows`` copies of one pair (image a, image b per row), replacing the tower's run."""
+    """``mm_encoder_outputs`` for ``rows`` sequences of two images each, replacing the tower's run: ``vision`` holds
+    one pair (image a, image b), repeated for every row, or ``2 * rows`` images (a pair per row, in row order)."""
+    reps = rows if vision.tokens.shape[0] == 2 else 1
     if sup.family != "qwen3_vl":
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        return {"image": BaseModelOutputWithPooling(pooler_output=vision.tokens.repeat(rows, 1, 1))}
+        return {"image": BaseModelOutputWithPooling(pooler_output=vision.tokens.repeat(reps, 1, 1))}
     from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-    tokens = [vision.tokens[0], vision.tokens[1]] * rows
-    deepstack = [tuple([d[0], d[1]] * rows) for d in vision.deepstack]
-    return {"image": BaseModelOutputWithDeepstackFeatures(pooler_output=tuple(tokens), deepstack_features=deepstack)}
+    tokens = tuple(vision.tokens.unbind(0)) * reps
+    deepstack = [tuple(d.unbind(0)) * reps for d in vision.deepstack]
+    return {"image": BaseModelOutputWithDeepstackFeatures(pooler_output=tokens, deepstack_features=deepstack)}
 
 
 def _forward(sup: Any, ids: torch.Tensor, positions: torch.Tensor, vision: Any = None, cache: Any = None) -> Any:

@@ -1,0 +1,175 @@
+"""What the attribute-world supervisor learns from: its tokenizer, its architecture, and its teacher-forcing data.
+
+Everything is generated from the ``attributes`` dataset card and code: the SAGA prompt for that card
+(``methods/saga/_prompt.py``), target answers written from the known attributes of the two figures, and images of
+the **training classes only**. See :mod:`benchmark.backbones.world_supervisor` for the build itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmark.backbones._mllm_tiny import SPECIAL_TOKENS, train_tokenizer
+
+#: Tokens per image side of the world model: 8-px patches, 2×2 merge -> 16 tokens per 64-px image.
+PATCH_SIZE = 8
+
+
+def target_answer(card: dict[str, Any], first: dict[str, str], second: dict[str, str]) -> list[tuple[str, str]]:
+    """The answer a perfect supervisor gives for two figures, as segments ``(kind, text)``.
+
+    ``kind`` is ``"text"`` (JSON punctuation and keys), ``"value:<attribute>"`` (an attribute value of a figure) or
+    ``"field"`` (differences, confidence, reasoning, verdict). Their concatenation is the JSON object of the SAGA
+    prompt's answer format (App. E.1): both figures' attributes, the differing attributes, a confidence, a
+    one-sentence reasoning and the ``same_class`` verdict (same class iff all attributes agree).
+    """
+    item, key = card["prompt"]["item"], card["prompt"]["verdict_key"]
+    attrs = [str(a) for a in card["attributes"]]
+    differ = [a for a in attrs if first[a] != second[a]]
+    segments: list[tuple[str, str]] = [("text", "{")]
+    for index, values in ((1, first), (2, second)):
+        segments.append(("text", f'"{item}_{index}": {{'))
+        for j, attr in enumerate(attrs):
+            segments += [("text", f'{json.dumps(attr)}: "'), (f"value:{attr}", values[attr])]
+            segments.append(("text", '"' + (", " if j < len(attrs) - 1 else "}, ")))
+    reasoning = f"they differ in {len(differ)} of {len(attrs)} attributes" if differ else "all attributes match"
+    fields = [
+        ("differences", ", ".join(differ) if differ else "none"),
+        ("confidence", "high"),
+        ("reasoning", reasoning),
+        (key, "no" if differ else "yes"),
+    ]
+    for j, (name, value) in enumerate(fields):
+        segments += [("text", f'"{name}": "'), ("field", value), ("text", '"' + (", " if j < len(fields) - 1 else "}"))]
+    merged: list[tuple[str, str]] = []
+    for kind, text in segments:  # adjacent literals form one piece (the tokenizer splits only around values)
+        if kind == "text" and merged and merged[-1][0] == "text":
+            merged[-1] = ("text", merged[-1][1] + text)
+        else:
+            merged.append((kind, text))
+    return merged
+
+
+def world_tokenizer(card: dict[str, Any], prompt: str, vocab_size: int, seed: int) -> Any:
+    """A byte-level BPE tokenizer for the world, trained on its prompt and on answers for random figure pairs.
+
+    Hand-written choice (no library offers it): a pre-tokenizer that isolates every JSON string value that follows
+    ``: "`` (and each item of a comma-separated list, so the differences are named one attribute at a time) so that
+    each attribute value is its own token while the literal JSON between values (and the fixed prompt) merge into a
+    few tokens; this keeps sequences short enough to train the supervisor on a CPU.
+    """
+    from tokenizers import Regex, pre_tokenizers
+
+    rng = np.random.default_rng([seed, 0x746F6B])
+    values = card["attribute_values"]
+
+    def draw() -> dict[str, str]:
+        return {a: str(rng.choice(values[a])) for a in card["attributes"]}
+
+    answers = []
+    for _ in range(4000):
+        first = draw()
+        second = dict(first) if rng.random() < 0.3 else draw()
+        answers.append("".join(text for _, text in target_answer(card, first, second)))
+    # values after `: "`, and list items after `, ` (the differences), each become separate pieces
+    split = pre_tokenizers.Split(pattern=Regex(r'(?<=: ")[^",]+|(?<=, )[^",]+'), behavior="isolated")
+    corpus = [prompt] * 50 + ["user\n", "assistant\n"] * 50 + answers
+    return train_tokenizer(corpus, vocab_size, "qwen3_vl", pre_tokenizer=split)
+
+
+def world_config(tokenizer: Any, size: dict[str, int]) -> Any:
+    """A small Qwen3-VL (the SAGA default family): 8-px patches, a ``vision_depth``-block ViT at ``vision_width``,
+    DeepStack from its middle block, and a ``text_layers``-layer language model at ``text_width``."""
+    from transformers import Qwen3VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    width, head = size["text_width"], 32
+    vision = {
+        "depth": size["vision_depth"],
+        "hidden_size": size["vision_width"],
+        "intermediate_size": 2 * size["vision_width"],
+        "num_heads": size["vision_width"] // 32,
+        "patch_size": PATCH_SIZE,
+        "out_hidden_size": width,
+        "num_position_embeddings": 64,  # an 8×8 patch grid at 64 px
+        "deepstack_visual_indexes": [size["vision_depth"] // 2],
+    }
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 4, 4], "mrope_interleaved": True}
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": width,
+        "intermediate_size": 3 * width,
+        "num_hidden_layers": size["text_layers"],
+        "num_attention_heads": width // head,
+        "num_key_value_heads": max(width // head // 2, 1),
+        "head_dim": head,
+        "max_position_embeddings": 1024,
+        "pad_token_id": ids["<|endoftext|>"],
+        "rope_parameters": rope,
+    }
+    return Qwen3VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+
+
+@dataclass
+class AnswerTokens:
+    """One target answer, tokenised: ids, which positions hold which attribute's value (for corruption)."""
+
+    ids: list[int]
+    value_slots: list[tuple[int, str]]  # (position, attribute) of single-token attribute values
+
+
+def encode_answer(tokenizer: Any, segments: list[tuple[str, str]], eos: int) -> AnswerTokens:
+    """Token ids of an answer followed by EOS, and the positions of the attribute values that are single tokens."""
+    text, spans = "", {}
+    for kind, piece in segments:
+        if kind.startswith("value:"):
+            spans[(len(text), len(text) + len(piece))] = kind.split(":", 1)[1]
+        text += piece
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    slots = [(i, spans[tuple(o)]) for i, o in enumerate(enc["offset_mapping"]) if tuple(o) in spans]
+    return AnswerTokens(list(enc["input_ids"]) + [eos], slots)
+
+
+class PairSampler:
+    """Balanced same/different figure pairs from a set of classes; half the different pairs are one-attribute
+    neighbours (the hard case), the rest random other classes."""
+
+    def __init__(self, class_attrs: list[dict[str, str]], images_per_class: int, rng: np.random.Generator) -> None:
+        self.class_attrs, self.per_class, self.rng = class_attrs, images_per_class, rng
+        n = len(class_attrs)
+        self.neighbours = [
+            [d for d in range(n) if sum(class_attrs[c][a] != class_attrs[d][a] for a in class_attrs[c]) == 1]
+            for c in range(n)
+        ]
+
+    def draw(self) -> tuple[int, int, int, int]:
+        """``(class a, image a, class b, image b)`` with image indices within each class."""
+        rng, n = self.rng, len(self.class_attrs)
+        a = int(rng.integers(n))
+        if rng.random() < 0.5:
+            b = a
+        elif self.neighbours[a] and rng.random() < 0.5:
+            b = int(rng.choice(self.neighbours[a]))
+        else:
+            b = int((a + rng.integers(1, n)) % n)
+        i, j = rng.choice(self.per_class, size=2, replace=False)
+        return a, int(i), b, int(j)
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 N×H×W×3 -> float N×3×H×W normalised as Qwen3-VL's processor does (mean = std = 0.5)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - 0.5) / 0.5

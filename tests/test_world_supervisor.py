@@ -1,0 +1,140 @@
+"""The attributes world's trained supervisor: its answer format, a quick real build, loading it the way SAGA loads
+Qwen3-VL-8B, and SAGA's rewards from it varying within groups (both correct and wrong verdicts)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmark.backbones import world_supervisor as ws
+from benchmark.backbones._world_data import encode_answer, target_answer, world_tokenizer
+from benchmark.data.base import load_card
+from methods.saga._grpo import parse_verdict
+from methods.saga._prompt import build_prompt
+
+# A quick build: enough steps to learn the answer's format, not the attributes (the cached default learns those).
+QUICK = ws.BuildConfig(
+    vision_steps=100, steps=120, batch_size=8, warmup_steps=20, images_per_class=8, eval_pairs=6, eval_samples=4
+)
+
+
+@pytest.fixture(scope="module")
+def card():
+    return load_card("attributes")
+
+
+@pytest.fixture(scope="module")
+def quick_supervisor(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world") / "supervisor"
+    ws.build_supervisor(QUICK, out, log=lambda _: None)
+    return out
+
+
+def test_target_answer_is_the_prompts_json_with_the_right_verdict(card):
+    attrs = card["attributes"]
+    a = {k: card["attribute_values"][k][0] for k in attrs}
+    b = dict(a, **{"pattern": card["attribute_values"]["pattern"][1]})
+    for first, second, same in ((a, dict(a), True), (a, b, False)):
+        text = "".join(t for _, t in target_answer(card, first, second))
+        obj = json.loads(text)
+        assert obj["figure_1"] == first and obj["figure_2"] == second
+        assert parse_verdict(text, "same_class") == (same, None)
+        assert obj["differences"] == ("none" if same else "pattern")
+        assert list(obj) == ["figure_1", "figure_2", "differences", "confidence", "reasoning", "same_class"]
+
+
+def test_world_tokenizer_keeps_values_whole_and_the_answer_short(card):
+    tok = world_tokenizer(card, build_prompt(card), 1500, seed=0)
+    a = {k: v[-1] for k, v in card["attribute_values"].items()}
+    b = {k: v[0] for k, v in card["attribute_values"].items()}
+    segs = target_answer(card, a, b)
+    ans = encode_answer(tok, segs, eos=tok.convert_tokens_to_ids("<|im_end|>"))
+    assert tok.decode(ans.ids[:-1]) == "".join(t for _, t in segs)  # segment-wise encoding = whole-text encoding
+    assert tok.encode("".join(t for _, t in segs), add_special_tokens=False) == ans.ids[:-1]
+    assert len(ans.value_slots) == 14  # every attribute value of both figures is one token
+    assert len(ans.ids) <= 45
+    assert len(tok.encode(build_prompt(card), add_special_tokens=False)) < 40
+
+
+def test_quick_build_is_a_checkpoint_with_a_card(quick_supervisor):
+    names = {p.name for p in quick_supervisor.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", ws.CARD_FILE} <= names
+    assert not list(quick_supervisor.parent.glob(".*tmp*"))  # written atomically
+    card = ws.read_card(quick_supervisor)
+    held = card["metrics"]["held_out"]
+    assert card["build"]["steps"] == QUICK.steps and card["digest"] == QUICK.digest()
+    assert set(held["attribute_accuracy_per_attribute"]) == set(load_card("attributes")["attributes"])
+    assert 0.0 <= held["verdict_accuracy"] <= 1.0
+    assert held["parse_rate"] > 0.5  # 120 steps learn the answer's format
+    assert "training classes only" in card["trained_on"]
+
+
+def test_supervisor_loads_through_the_checkpoint_path_and_gives_mixed_rewards(quick_supervisor, card):
+    """The tower and the LM load from the directory as a hub checkpoint would; SAGA's rollouts on held-out pairs
+    parse, and some group holds both a correct and a wrong verdict (non-zero GRPO advantages)."""
+    import numpy as np
+
+    from benchmark.backbones.mllm import clear_supervisors, load_supervisor, load_vision_tower
+    from benchmark.data.attributes import generate
+    from methods.saga._grpo import verdict_reward
+    from methods.saga._rollout import build_prefix, sample_rollouts
+
+    clear_supervisors()
+    tower = load_vision_tower(quick_supervisor)
+    sup = load_supervisor(str(quick_supervisor))
+    assert sup.family == "qwen3_vl" and not any(p.requires_grad for p in sup.model.parameters())
+    images, labels, _ = generate()
+    test = np.flatnonzero(labels >= 48)
+    x = torch.from_numpy(images[test]).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+    prompt = build_prompt(card)
+    gen = torch.Generator().manual_seed(0)
+    mixed, parsed, total = 0, 0, 0
+    with torch.no_grad():
+        for i, j in [(0, 1), (0, 30), (60, 61), (60, 200), (300, 301), (300, 500)]:
+            feats = tower.encode(x[[i, j]])
+            prefix = build_prefix(sup, prompt, feats.tokens.shape[1], feats.grid_thw, torch.device("cpu"))
+            ro = sample_rollouts(sup, prefix, feats, 8, 0.7, 0.95, 64, None, gen)
+            same = bool(labels[test[i]] == labels[test[j]])
+            rewards = []
+            for row in range(8):
+                text = sup.tokenizer.decode(ro.tokens[row, : int(ro.mask[row].sum())], skip_special_tokens=True)
+                reward, failure = verdict_reward(text, "same_class", same, ro.truncated[row])
+                rewards.append(reward)
+                parsed += failure is None
+                total += 1
+            mixed += 0 < sum(rewards) < 8
+    assert parsed / total > 0.5
+    assert mixed >= 1
+    clear_supervisors()
+
+
+def test_named_supervisor_is_found_in_the_cache_or_built(tmp_path, monkeypatch, quick_supervisor):
+    from benchmark.backbones.mllm import resolve_checkpoint_dir
+
+    monkeypatch.setenv("DML_BENCHMARK_CACHE", str(tmp_path))
+    built = []
+
+    def fake_build(cfg, out, log=print):
+        built.append(out)
+        import shutil
+
+        shutil.copytree(quick_supervisor, out)
+        return out
+
+    monkeypatch.setattr(ws, "build_supervisor", fake_build)
+    first = resolve_checkpoint_dir(ws.WORLD_NAME)
+    second = resolve_checkpoint_dir(ws.WORLD_NAME)
+    assert first == second == ws.default_dir() and len(built) == 1
+    assert str(first).startswith(str(tmp_path))
+
+
+def test_cli_show_prints_the_card_and_refuses_a_non_supervisor(quick_supervisor, tmp_path, capsys):
+    from benchmark.cli import main
+
+    assert main(["supervisor", "show", str(quick_supervisor)]) == 0
+    out = capsys.readouterr().out
+    assert "held-out classes: verdict accuracy" in out and "per attribute" in out
+    assert main(["supervisor", "show", str(tmp_path)]) == 2
+    assert "not a built supervisor" in capsys.readouterr().out
