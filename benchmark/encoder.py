@@ -160,9 +160,20 @@ class Encoder(nn.Module):
         self.num_prefix_tokens = built.num_prefix_tokens
         self.freeze_bn = True if cfg.get("freeze_bn") is None else bool(cfg.freeze_bn)
         if self.freeze_bn:  # as Proxy Anchor's official code: BN layers in eval mode, affine terms not trained
+            dead = 0
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.requires_grad_(False)
+                    dead += bool(module.affine and not module.weight.detach().abs().sum())
+            if dead:
+                import warnings
+
+                warnings.warn(
+                    f"backbone.freeze_bn=true freezes {dead} BatchNorm layer(s) of '{cfg.name}' whose scale is 0 "
+                    "(an untrained timm ResNet zero-initialises the last BN of every residual branch), so those "
+                    "branches never learn. Train BN from scratch: backbone.freeze_bn=false.",
+                    stacklevel=2,
+                )
         if cfg.embedding_dim:
             self.head: nn.Module = nn.Linear(built.feature_dim, int(cfg.embedding_dim))
             # Proxy Anchor's official code initialises the embedding layer with kaiming normal (fan_out).

@@ -91,3 +91,14 @@ def test_frozen_bn_keeps_statistics_and_affine_terms():
     bn_live = next(m for m in live.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
     live(torch.randn(4, 3, 32, 32) * 3 + 1)
     assert not torch.equal(bn_live.running_mean, torch.zeros_like(bn_live.running_mean))
+
+
+def test_frozen_zero_scale_batchnorm_is_warned_about():
+    """Freezing BN on an untrained timm ResNet keeps its zero-initialised residual branches dead: say so."""
+    import warnings
+
+    with pytest.warns(UserWarning, match="freeze_bn=false"):
+        Encoder(_cfg(name="resnet10t", pretrained=False, freeze_bn=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Encoder(_cfg(name="resnet10t", pretrained=False, freeze_bn=False))
