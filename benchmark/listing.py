@@ -42,6 +42,10 @@ def listing_lines() -> list[str]:
         if preset != "timm":
             node = ConfigStore.instance().repo["backbone"][option].node
             lines.append(f"  backbone={preset:<11} preset: kind {node.kind}, name {node.name}")
+    lines.append(
+        "  backbone=mllm_vision backbone.name=attributes-supervisor  the attributes world's trained tiny Qwen3-VL "
+        "(cached; built on first use or by `python -m benchmark supervisor build`)"
+    )
     return lines
 
 

@@ -78,11 +78,12 @@ def test_duplicate_names_and_wrong_types_are_refused():
 def test_cli_help_list_and_unknown_method():
     env_cmd = [sys.executable, "-m", "benchmark"]
     help_text = subprocess.run(env_cmd + ["--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("run", "list", "score", "prepare"):
+    for command in ("run", "list", "score", "prepare", "supervisor", "world-report"):
         assert command in help_text
     listing = subprocess.run(env_cmd + ["list"], capture_output=True, text=True, check=True).stdout
     assert "proxy_anchor" in listing and "Kim, Kim, Cho, Kwak" in listing and "(2020)" in listing
     assert "datasets:" in listing and "backbones:" in listing
+    assert "backbone.name=attributes-supervisor" in listing
     bad = subprocess.run(env_cmd + ["run", "method=proxyanchor"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "Unknown method 'proxyanchor'. Did you mean 'proxy_anchor'?" in bad.stderr
