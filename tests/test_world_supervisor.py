@@ -51,7 +51,7 @@ def test_world_tokenizer_keeps_values_whole_and_the_answer_short(card):
     b = {k: v[0] for k, v in card["attribute_values"].items()}
     segs = target_answer(card, a, b)
     ans = encode_answer(tok, segs, eos=tok.convert_tokens_to_ids("<|im_end|>"))
-    assert tok.decode(ans.ids[:-1]) == "".join(t for _, t in segs)  
+    assert tok.decode(ans.ids[:-1]) == "".join(t for _, t in segs)
     assert tok.encode("".join(t for _, t in segs), add_special_tokens=False) == ans.ids[:-1]
     assert len(ans.value_slots) == 14  # every attribute value of both figures is one token
     assert len(ans.ids) <= 50  # the longest answer: all seven attributes differ
@@ -138,3 +138,18 @@ def test_cli_show_prints_the_card_and_refuses_a_non_supervisor(quick_supervisor,
     assert "held-out classes: verdict accuracy" in out and "per attribute" in out
     assert main(["supervisor", "show", str(tmp_path)]) == 2
     assert "not a built supervisor" in capsys.readouterr().out
+
+
+def test_build_is_reproducible_from_its_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    tiny = ws.BuildConfig(vision_steps=3, steps=3, batch_size=2, vision_batch_size=4, images_per_class=2, eval_pairs=1)
+    weights = []
+    for name in ("a", "b"):
+        ws.build_supervisor(tiny, tmp_path / name, log=lambda _: None)
+        weights.append(load_file(tmp_path / name / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    other = ws.build_supervisor(ws.BuildConfig(**{**tiny.__dict__, "seed": 1}), tmp_path / "c", log=lambda _: None)
+    key = "model.language_model.embed_tokens.weight"
+    assert not torch.equal(load_file(other / "model.safetensors")[key], weights[0][key])
