@@ -150,6 +150,32 @@ def _lr_at(step: int, total: int, cfg: BuildConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _update(opt: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def _teacher_forcing(
+    batch: list[Any], pad: int, value_ids: dict[str, list[int]], corrupt: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded inputs and targets (-100 on padding) of a batch of answers; with ``corrupt`` > 0 some read-back
+    attribute values in the inputs are replaced by other values of the same attribute (the targets stay true)."""
+    t = max(len(x.ids) for x in batch)
+    targets = torch.full((len(batch), t), -100, dtype=torch.long)
+    inputs = torch.full((len(batch), t), pad, dtype=torch.long)
+    for r, ans in enumerate(batch):
+        targets[r, : len(ans.ids)] = torch.tensor(ans.ids)
+        inputs[r, : len(ans.ids)] = torch.tensor(ans.ids)
+        for pos, attr in ans.value_slots:
+            if rng.random() < corrupt:
+                inputs[r, pos] = int(rng.choice(value_ids[attr]))
+    return inputs, targets
+
+
 def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable[[str], None] = print) -> Path:
     """Train the supervisor and save it (with its card) atomically into ``out_dir``; returns ``out_dir``."""
     from transformers import Qwen3VLForConditionalGeneration
@@ -212,12 +238,7 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
         aux = aux_loss(
             tower.encode(to_pixels(world.train_images.reshape(-1, *world.train_images.shape[2:])[pick])), classes
         )
-        for group in vision_opt.param_groups:
-            group["lr"] = _lr_at(step, cfg.vision_steps, cfg)
-        vision_opt.zero_grad(set_to_none=True)
-        aux.backward()
-        torch.nn.utils.clip_grad_norm_(vision_params, 1.0)
-        vision_opt.step()
+        _update(vision_opt, vision_params, aux, _lr_at(step, cfg.vision_steps, cfg))
         if step % 100 == 0 or step == cfg.vision_steps - 1:
             log(
                 f"[supervisor] vision step {step:5d}/{cfg.vision_steps} attributes {aux.item():.4f} "
@@ -235,28 +256,14 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
                 segs = target_answer(world.card, world.train_attrs[a], world.train_attrs[b])
                 answers[(a, b)] = encode_answer(tokenizer, segs, eos)
             batch.append(answers[(a, b)])
-        t = max(len(x.ids) for x in batch)
-        targets = torch.full((len(batch), t), -100, dtype=torch.long)
-        inputs = torch.full((len(batch), t), int(tokenizer.pad_token_id), dtype=torch.long)
-        for r, ans in enumerate(batch):
-            targets[r, : len(ans.ids)] = torch.tensor(ans.ids)
-            inputs[r, : len(ans.ids)] = torch.tensor(ans.ids)
-            for pos, attr in ans.value_slots:  # corrupt what is read back; the targets stay true
-                if rng.random() < cfg.corrupt:
-                    inputs[r, pos] = int(rng.choice(value_ids[attr]))
-        b = len(batch)
+        inputs, targets = _teacher_forcing(batch, int(tokenizer.pad_token_id), value_ids, cfg.corrupt, rng)
+        b, t = targets.shape
         ids = torch.cat([prefix.ids.expand(b, -1), inputs], dim=1)
         steps_pos = torch.arange(t).view(1, 1, t).expand(prefix.position_ids.shape[0], b, t) + prefix.next_position
         positions = torch.cat([prefix.position_ids.expand(-1, b, -1), steps_pos], dim=2)
         hidden = _forward(sup, ids, positions, feats).last_hidden_state[:, prefix.length - 1 : prefix.length - 1 + t]
         lm = F.cross_entropy(model.lm_head(hidden).flatten(0, 1), targets.flatten(), ignore_index=-100)
-        loss = lm + cfg.aux_weight * aux
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg.steps, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _update(opt, params, lm + cfg.aux_weight * aux, _lr_at(step, cfg.steps, cfg))
         if step % 50 == 0 or step == cfg.steps - 1:
             log(
                 f"[supervisor] step {step:5d}/{cfg.steps} lm {lm.item():.4f} aux {aux.item():.4f} "
