@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmark.backbones import world_supervisor as ws
-from benchmark.backbones._world_data import encode_answer, target_answer, world_tokenizer
+from benchmark.backbones._world_data import encode_answer, target_answer, to_pixels, world_tokenizer
 from benchmark.data.base import load_card
 from methods.saga._grpo import parse_verdict
 from methods.saga._prompt import build_prompt
@@ -87,7 +87,7 @@ def test_supervisor_loads_through_the_checkpoint_path_and_gives_mixed_rewards(qu
     assert sup.family == "qwen3_vl" and not any(p.requires_grad for p in sup.model.parameters())
     images, labels, _ = generate()
     test = np.flatnonzero(labels >= 48)
-    x = torch.from_numpy(images[test]).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+    x = to_pixels(images[test])
     prompt = build_prompt(card)
     gen = torch.Generator().manual_seed(0)
     mixed, parsed, total = 0, 0, 0
@@ -153,3 +153,29 @@ def test_build_is_reproducible_from_its_seed(tmp_path):
     other = ws.build_supervisor(ws.BuildConfig(**{**tiny.__dict__, "seed": 1}), tmp_path / "c", log=lambda _: None)
     key = "model.language_model.embed_tokens.weight"
     assert not torch.equal(load_file(other / "model.safetensors")[key], weights[0][key])
+
+
+def test_card_evaluation_reads_answers_with_text_after_the_json(quick_supervisor, card, monkeypatch):
+    """Answers parse as the reward parses them: text after the JSON object is ignored, not a crash."""
+    from benchmark.backbones.mllm import clear_supervisors, load_supervisor, load_vision_tower
+    from methods.saga import _rollout
+    from methods.saga._rollout import Rollouts, build_prefix
+
+    clear_supervisors()
+    sup, tower = load_supervisor(str(quick_supervisor)), load_vision_tower(quick_supervisor)
+    cfg = ws.BuildConfig(images_per_class=2, eval_pairs=2, eval_samples=2)
+    world = ws._World(cfg)
+    first = world.test_attrs[0]
+    text = "".join(t for _, t in target_answer(card, first, first)) + " (done)"
+    ids = torch.tensor([sup.tokenizer.encode(text, add_special_tokens=False) + [sup.eos_token_ids[0]]] * 2)
+
+    def fake(*args, **kwargs):
+        return Rollouts(ids, torch.ones_like(ids, dtype=torch.bool), torch.zeros(ids.shape), [False, False], 0.0, 0.0)
+
+    monkeypatch.setattr(_rollout, "sample_rollouts", fake)
+    n = tower.tokens_per_image(64, 64)
+    grid = torch.tensor([[1, 8, 8]] * 2)
+    prefix = build_prefix(sup, world.prompt, n, grid, torch.device("cpu"))
+    result = ws.evaluate(sup, tower, prefix, world, world.test_attrs, world.test_images, cfg, "test")
+    assert result["parse_rate"] == 1.0  # json.loads would have raised "Extra data" on every answer
+    clear_supervisors()

@@ -111,7 +111,7 @@ class _World:
     """The dataset side of a build: card, class attributes, rendered images, prompt and tokenizer."""
 
     def __init__(self, cfg: BuildConfig) -> None:
-        from benchmark.data.attributes import class_attribute_table, image_rng, render
+        from benchmark.data.attributes import DEFAULT_OPTIONS, class_attribute_table, image_rng, render
         from benchmark.data.base import load_card
         from methods.saga._prompt import build_prompt
 
@@ -130,7 +130,8 @@ class _World:
             return out
 
         self.train_images = images(0, self.train_attrs, cfg.images_per_class)
-        self.test_images = images(n_train, self.test_attrs, 30)  # the dataset's own test images
+        # the dataset's own test images
+        self.test_images = images(n_train, self.test_attrs, DEFAULT_OPTIONS["per_class"])
         self.prompt = build_prompt(self.card)
 
 
@@ -372,9 +373,11 @@ def evaluate(
             counts["same_n" if same else "diff_n"] += 1
             if failure is None:
                 counts["parsed"] += 1
-                obj = json.loads(text[text.find("{") :])
+                # as parse_verdict reads it: the first JSON object, text after it ignored (json.loads would raise)
+                obj, _ = json.JSONDecoder().raw_decode(text, text.find("{"))
                 for index, cls in ((1, a), (2, b)):
-                    described = obj.get(f"{item}_{index}", {})
+                    described = obj.get(f"{item}_{index}")
+                    described = described if isinstance(described, dict) else {}
                     for attr in world.attrs:
                         per_attr[attr][0] += described.get(attr) == attrs[cls][attr]
                         per_attr[attr][1] += 1
