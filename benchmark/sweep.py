@@ -266,6 +266,18 @@ def dry_run(prepared: Prepared) -> str:
     return "\n".join(lines)
 
 
+def begin_submission(
+    prepared: Prepared, mode: str, git: dict[str, Any], **fields: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sweep's manifest (loaded or new, brought up to the prepared cells) and a new submission entry for it:
+    time, mode, git state, ``fields``, and the cells skipped as complete or still active."""
+    manifest = _load_or_new_manifest(prepared.sweep_dir, prepared.spec)
+    _update_manifest(manifest, prepared.spec, prepared.cells)
+    submission = {"time": records.utc_now(), "mode": mode, "git": git, **fields}
+    submission |= {"skipped_complete": sorted(prepared.complete), "skipped_active": sorted(prepared.active)}
+    return manifest, submission
+
+
 def submit(prepared: Prepared, allow_dirty: bool = False) -> dict[str, Any]:
     """Submit every pending cell through submitit (one job array per resource set); return the manifest.
 
@@ -274,17 +286,7 @@ def submit(prepared: Prepared, allow_dirty: bool = False) -> dict[str, Any]:
     git = check_git(allow_dirty)
     sweep_dir = prepared.sweep_dir
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _load_or_new_manifest(sweep_dir, prepared.spec)
-    _update_manifest(manifest, prepared.spec, prepared.cells)
-    submission = {
-        "time": records.utc_now(),
-        "mode": "slurm",
-        "git": git,
-        "submitted": [],
-        "skipped_complete": sorted(prepared.complete),
-        "skipped_active": sorted(prepared.active),
-        "job_ids": [],
-    }
+    manifest, submission = begin_submission(prepared, "slurm", git, submitted=[], job_ids=[])
     for resources, group in _resource_groups(prepared.pending):
         executor = make_executor(sweep_dir / "slurm", resources, prepared.spec.name)
         with executor.batch():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import records
-from benchmark.sweep import Prepared, _load_or_new_manifest, _update_manifest, check_git, write_manifest
+from benchmark.sweep import Prepared, begin_submission, check_git, write_manifest
 
 
 def _env() -> dict[str, str]:
@@ -35,17 +35,9 @@ def run_local(
     git = check_git(allow_dirty)
     sweep_dir = prepared.sweep_dir
     (sweep_dir / "logs").mkdir(parents=True, exist_ok=True)
-    manifest = _load_or_new_manifest(sweep_dir, prepared.spec)
-    _update_manifest(manifest, prepared.spec, prepared.cells)
-    submission = {
-        "time": records.utc_now(),
-        "mode": "local",
-        "git": git,
-        "max_parallel": max_parallel,
-        "submitted": [c.cell_id for c in prepared.pending],
-        "skipped_complete": sorted(prepared.complete),
-        "skipped_active": sorted(prepared.active),
-    }
+    manifest, submission = begin_submission(
+        prepared, "local", git, max_parallel=max_parallel, submitted=[c.cell_id for c in prepared.pending]
+    )
     manifest["submissions"].append(submission)
     write_manifest(sweep_dir, manifest)
     queue = list(prepared.pending)
