@@ -28,6 +28,7 @@ from benchmark.config import compose_config, config_hash
 from benchmark.data.attributes import ATTRIBUTES, class_attribute_table
 from benchmark.run import main as run_main
 from benchmark.world_report import ROW_ORDER, load_runs, row_label, write_world_report
+from tests.attribute_runs import attributes_budget
 
 # The default attribute dataset's 48 test classes (ids 48-95), 30 images each: the probe's real input size.
 TABLE = class_attribute_table(seed=0, classes=96)
@@ -136,25 +137,7 @@ def test_bad_input_is_refused_with_what_was_expected(embeddings, labels, attrs, 
 
 # ----------------------------------------------------------------------------------------------- the engine
 # A miniature attributes run: 16 training and 16 unseen test classes of 12 images at 32 px, 1 epoch of 2 steps.
-TINY = [
-    "dataset=attributes",
-    "dataset.strict=false",
-    "dataset.options.classes=32",
-    "dataset.options.per_class=12",
-    "dataset.options.image_size=32",
-    "backbone.name=resnet10t",
-    "backbone.pretrained=false",
-    "backbone.embedding_dim=64",
-    "backbone.freeze_bn=false",
-    "train.epochs=1",
-    "train.steps_per_epoch=2",
-    "train.batch_size=32",
-    "train.m_per_class=4",
-    "train.progress=false",
-    "data.num_workers=0",
-    "eval.selection=last",
-    "eval.kmeans_restarts=1",
-]
+TINY = attributes_budget(classes=32, per_class=12, epochs=1, steps_per_epoch=2)
 
 
 @pytest.fixture(scope="module")
