@@ -31,21 +31,32 @@ commands:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.run import main as run_main
+    """Run here, or, with ``launcher=slurm`` outside an allocation, submit the run to SLURM and return."""
+    from benchmark.config import compose_config
 
-    return run_main(args.overrides, as_json=args.json)
+    cfg = compose_config(args.overrides)
+    if cfg.launcher == "slurm":
+        from benchmark.sweeps.cluster import in_slurm_allocation
+
+        if not in_slurm_allocation():  # inside a job (sbatch script, srun) the run simply runs here
+            from benchmark.sweeps.submit import submit_single_command
+
+            return submit_single_command(args.overrides, cfg, as_json=args.json)
+    from benchmark.engine.run import main as run_main
+
+    return run_main(args.overrides, as_json=args.json, cfg=cfg)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from benchmark.listing import print_listing
+    from benchmark.engine.listing import print_listing
 
     print_listing()
     return 0
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from benchmark.evaluation import score_file
-    from benchmark.run import format_metrics
+    from benchmark.engine.run import format_metrics
+    from benchmark.evaluation.metrics import score_file
 
     metrics = score_file(args.file)
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
@@ -53,7 +64,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from benchmark.prepare import format_report, prepare_dataset
+    from benchmark.data.prepare import format_report, prepare_dataset
 
     options = dict(item.split("=", 1) for item in args.overrides if "=" in item)
     unknown = [k for k in options if k not in ("dataset", "dataset.root", "dataset.strict")] + [
@@ -71,7 +82,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from benchmark.sweep import main as sweep_main
+    from benchmark.sweeps.submit import main as sweep_main
 
     return sweep_main(
         args.spec,
@@ -84,7 +95,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_world_report(args: argparse.Namespace) -> int:
-    from benchmark.world_report import write_world_report
+    from benchmark.world.report import write_world_report
 
     try:
         paths = write_world_report(args.runs_dir, args.out)
@@ -97,7 +108,7 @@ def _cmd_world_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from benchmark.sweep_status import main as status_main
+    from benchmark.sweeps.status import main as status_main
 
     return status_main(args.sweep_dir, as_json=args.json)
 
@@ -114,7 +125,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
 
 
 #: Commands implemented by a module's own ``main(argv)``.
-PASSTHROUGH = {"leaderboard": "benchmark.leaderboard", "supervisor": "benchmark.backbones.world_supervisor"}
+PASSTHROUGH = {"leaderboard": "benchmark.leaderboard.gather", "supervisor": "benchmark.world.supervisor"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,15 +191,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message is the whole story for a user (no traceback)."""
-    from benchmark.cluster import ClusterError
-    from benchmark.encoder import BackboneWeightsError
-    from benchmark.sweep import DirtyTreeError
-    from benchmark.sweep_spec import SpecError
-    from benchmark.trainer import TrainingError
+    from benchmark.engine.encoder import BackboneWeightsError
+    from benchmark.engine.trainer import TrainingError
+    from benchmark.sweeps.cluster import ClusterError
+    from benchmark.sweeps.manifest import DirtyTreeError
+    from benchmark.sweeps.spec import SpecError
 
     errors: list[type[BaseException]] = [BackboneWeightsError, TrainingError, ClusterError, DirtyTreeError, SpecError]
     try:
-        from benchmark.evaluation import ScoreInputError
+        from benchmark.evaluation.metrics import ScoreInputError
 
         errors.append(ScoreInputError)
     except ImportError:

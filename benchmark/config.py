@@ -86,7 +86,7 @@ class EvalConfig:
     kmeans_restarts: int = 10
     backend: str = "auto"  # kNN: auto (faiss, GPU if present) | faiss | torch
     # A linear probe per attribute on the test embeddings, where the dataset names its classes' attributes
-    # (benchmark/attribute_probe.py); false: skip it. It adds a measurement and changes no other result.
+    # (benchmark/evaluation/attribute_probe.py); false: skip it. It adds a measurement and changes no other result.
     attribute_probe: bool = True
 
 
@@ -141,7 +141,7 @@ def register_configs() -> None:
         cs.store(group="dataset", name=name, node=DatasetConfig(name=name))
     if _REGISTERED:
         return
-    from benchmark.encoder import list_backbone_kinds
+    from benchmark.engine.encoder import list_backbone_kinds
 
     cs.store(name="run", node=RunConfig)
     cs.store(group="backbone", name="timm", node=BackboneConfig(kind="timm"))

@@ -24,6 +24,12 @@ A minimal plugin, saved as ``methods/my_loss.py``::
 
         def loss(self, embeddings, labels):
             ...
+
+What a plugin may import from the suite: this module (``Method``, ``EmbeddingLossMethod``, ``MethodConfig``,
+``ParamGroup``, ``TaskInfo``), ``benchmark.registry`` (``register_method``) and the public helpers in
+:data:`PUBLIC_HELPERS`: ``benchmark.backbones.mllm`` (``load_supervisor``, ``VisionTokens``, ``MLLM_TOWERS``) for
+methods that talk to a multimodal LLM. Nothing else: the engine, data, evaluation and files are not a method's
+business (``tests/test_layout.py`` checks every plugin in ``methods/``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,10 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from benchmark.encoder import Encoder
+    from benchmark.engine.encoder import Encoder
+
+#: Modules besides this one and ``benchmark.registry`` that a method plugin may import.
+PUBLIC_HELPERS = ("benchmark.backbones.mllm",)
 
 
 @dataclass

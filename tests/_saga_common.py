@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmark.backbones import mllm
-from benchmark.encoder import Encoder
+from benchmark.engine.encoder import Encoder
 from benchmark.method import TaskInfo
 from benchmark.registry import get_method
 

@@ -1,5 +1,5 @@
 """Test support for the sweep tests: a tiny dataset card and reader, an evaluation stand-in while
-``benchmark/evaluation.py`` is not on this branch, and a ``sitecustomize`` so that the subprocesses a sweep starts
+``benchmark/evaluation/metrics.py`` is not on this branch, and a ``sitecustomize`` so that the subprocesses a sweep starts
 (``python -m benchmark run``, submitit's job runner) see the same test dataset.
 
 Environment switches read in every process (set by the tests):
@@ -65,10 +65,10 @@ def write_datasets_dir(target: Path) -> Path:
 
 
 def _stub_evaluation() -> None:
-    """Stand-in for benchmark.evaluation until the eval branch is merged (exact recall@k; the rest simple)."""
+    """Stand-in for benchmark.evaluation.metrics until the eval branch is merged (exact recall@k; the rest simple)."""
     import torch
 
-    module = types.ModuleType("benchmark.evaluation")
+    module = types.ModuleType("benchmark.evaluation.metrics")
 
     def evaluation_settings(**kw):
         return {"stub": True, **kw}
@@ -84,10 +84,10 @@ def _stub_evaluation() -> None:
         return out
 
     module.evaluation_settings, module.evaluate_embeddings = evaluation_settings, evaluate_embeddings
-    sys.modules["benchmark.evaluation"] = module
+    sys.modules["benchmark.evaluation.metrics"] = module
     import benchmark
 
-    benchmark.evaluation = module
+    benchmark.evaluation.metrics = module
 
 
 def setup_process() -> None:
@@ -98,15 +98,18 @@ def setup_process() -> None:
         base.DATASETS_DIR = Path(os.environ["SWEEP_TEST_DATASETS"])
     if "sweep_blobs" not in base._READERS:
         base.register_reader("sweep_blobs")(read_blobs)
-    if importlib.util.find_spec("benchmark.evaluation") is None and "benchmark.evaluation" not in sys.modules:
+    if (
+        importlib.util.find_spec("benchmark.evaluation.metrics") is None
+        and "benchmark.evaluation.metrics" not in sys.modules
+    ):
         _stub_evaluation()
     if os.environ.get("SWEEP_TEST_WRITE_LOG"):  # log who writes the record and checkpoints (DDP test)
         _log_writes(Path(os.environ["SWEEP_TEST_WRITE_LOG"]))
     delay = float(os.environ.get("SWEEP_TEST_SAMPLE_DELAY", 0) or 0)
     fail_seed = os.environ.get("SWEEP_TEST_FAIL_SEED")
     if delay or fail_seed:
-        import benchmark.pipeline as pipeline
-        import benchmark.trainer as trainer
+        import benchmark.engine.pipeline as pipeline
+        import benchmark.engine.trainer as trainer
 
         if delay and not getattr(pipeline.ImageDataset, "_slowed", False):
             original = pipeline.ImageDataset.__getitem__
@@ -132,7 +135,7 @@ def setup_process() -> None:
 def _log_writes(log: Path) -> None:
     import torch
 
-    import benchmark.records as records
+    import benchmark.engine.records as records
 
     rank = os.environ.get("SLURM_PROCID", "?")
     write_json, save = records.write_json_atomic, torch.save

@@ -1,4 +1,4 @@
-"""Attribute probes (benchmark/attribute_probe.py), their place in the run record, and the world report.
+"""Attribute probes (benchmark/evaluation/attribute_probe.py), their place in the run record, and the world report.
 
 The probe is checked on synthetic embeddings whose content is known (an attribute written linearly into them, one
 absent, class identity without attributes); the engine wiring on a real miniature run of the attribute dataset; the
@@ -23,11 +23,11 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from benchmark.attribute_probe import ProbeError, class_attributes_by_id, format_probe, probe_attributes
 from benchmark.config import compose_config, config_hash
 from benchmark.data.attributes import ATTRIBUTES, class_attribute_table
-from benchmark.run import main as run_main
-from benchmark.world_report import ROW_ORDER, load_runs, row_label, write_world_report
+from benchmark.engine.run import main as run_main
+from benchmark.evaluation.attribute_probe import ProbeError, class_attributes_by_id, format_probe, probe_attributes
+from benchmark.world.report import ROW_ORDER, load_runs, row_label, write_world_report
 from tests.attribute_runs import attributes_budget
 
 # The default attribute dataset's 48 test classes (ids 48-95), 30 images each: the probe's real input size.

@@ -24,7 +24,7 @@ from benchmark.data.base import (
     load_split_file,
     sha256_file,
 )
-from benchmark.prepare import format_report, prepare_dataset
+from benchmark.data.prepare import format_report, prepare_dataset
 from tests import miniature
 
 PAPER = ("cub", "cars", "aircraft", "inat_aves")

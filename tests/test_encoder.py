@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmark.config import BackboneConfig
-from benchmark.encoder import BackboneWeightsError, Encoder
+from benchmark.engine.encoder import BackboneWeightsError, Encoder
 from benchmark.registry import UnknownNameError
 
 

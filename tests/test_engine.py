@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from benchmark import records
 from benchmark.config import ConfigError, compose_config
 from benchmark.data.base import DatasetError
+from benchmark.engine import records
+from benchmark.engine.run import run
+from benchmark.engine.trainer import StopRequested, Trainer, TrainingError, request_stop
 from benchmark.registry import UnknownNameError
-from benchmark.run import run
-from benchmark.trainer import StopRequested, Trainer, TrainingError, request_stop
 
 
 def test_run_writes_a_complete_record(tiny_overrides):
@@ -57,7 +57,7 @@ def test_finished_run_is_not_retrained_and_force_keeps_the_old_one(tiny_override
 def test_resume_after_stop_gives_identical_metrics(tiny_overrides, tmp_path, monkeypatch):
     uninterrupted, _ = run(compose_config(tiny_overrides + [f"out_dir={tmp_path / 'a'}"]))
     interrupted = compose_config(tiny_overrides + [f"out_dir={tmp_path / 'b'}"])
-    import benchmark.trainer as trainer_module
+    import benchmark.engine.trainer as trainer_module
 
     calls = {"n": 0}
     original = trainer_module.Trainer.train_epoch
@@ -211,7 +211,7 @@ def test_frozen_backbone_warmup_accumulation_and_tensorboard(tiny_overrides):
 
 
 def test_unreadable_image_is_named_never_skipped(tmp_path):
-    from benchmark.pipeline import open_image
+    from benchmark.engine.pipeline import open_image
 
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

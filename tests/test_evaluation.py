@@ -1,4 +1,4 @@
-"""Tests of the evaluator (benchmark/evaluation.py, benchmark/_knn.py) against plain references."""
+"""Tests of the evaluator (benchmark/evaluation/metrics.py, benchmark/evaluation/knn.py) against plain references."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from benchmark import _knn
-from benchmark.evaluation import (
+from benchmark.evaluation import knn as _knn
+from benchmark.evaluation.metrics import (
     METRIC_KEYS,
     ScoreInputError,
     evaluate_embeddings,
@@ -20,7 +20,7 @@ from benchmark.evaluation import (
     load_score_input,
     score_file,
 )
-from benchmark.perf_eval import RecallAtKCalculator, pml_metrics
+from benchmark.perf.eval import RecallAtKCalculator, pml_metrics
 
 
 def brute_force(x: np.ndarray, labels: np.ndarray, ks=(1, 2, 4, 8)) -> dict[str, float]:
@@ -297,7 +297,7 @@ def test_not_an_npz(tmp_path):
 
 
 def test_perf_script_quick_run(capsys):
-    from benchmark.perf_eval import main
+    from benchmark.perf.eval import main
 
     assert main(["--n", "600", "--dim", "16", "--classes", "20", "--threads", "1"]) == 0
     out = capsys.readouterr().out

@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark import leaderboard as lb
-from benchmark._leaderboard_reported import ReportedDataError, load_reported, load_reported_file
+from benchmark.leaderboard import gather as lb
+from benchmark.leaderboard.reported import ReportedDataError, load_reported, load_reported_file
 
 REPO = Path(__file__).resolve().parents[1]
 KS = (1, 2, 4, 8)
@@ -329,7 +329,7 @@ def test_output_is_deterministic_and_figures_show_the_means(runs_dir, tmp_path):
     figs = [k for k in a if k.startswith("figure:")]
     assert len(figs) == 4 and all(_png_size(a[k])[0] > 200 for k in figs)
     # The R@1 bars are the seed means, computed here independently.
-    from benchmark import _leaderboard_figures as F
+    from benchmark.leaderboard import figures as F
 
     runs, _ = lb.gather([root])
     agg = lb.aggregate(runs)

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmark.config import BackboneConfig
-from benchmark.encoder import Encoder
+from benchmark.engine.encoder import Encoder
 from benchmark.method import TaskInfo
 from benchmark.registry import list_methods
 

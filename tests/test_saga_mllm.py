@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmark.backbones import mllm
-from benchmark.encoder import Encoder
+from benchmark.engine.encoder import Encoder
 from methods.saga._prompt import build_prompt
 from methods.saga._rollout import Rollouts, build_prefix, replay, sample_rollouts, teacher_layer_index
 from tests._saga_common import CARD, _batch, _encoder, _method, one_thread  # noqa: F401  (fixture)

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from benchmark.backbones import mllm
-from benchmark.encoder import Encoder
+from benchmark.engine.encoder import Encoder
 from benchmark.method import TaskInfo
 from benchmark.registry import get_method
 from tests._saga_common import CARD, _batch, one_thread  # noqa: F401  (fixture)
@@ -35,9 +35,9 @@ def test_external_timm_encoder_with_a_trainable_projector():
 
 @pytest.mark.filterwarnings("ignore:Dataset 'attributes' does not have the expected counts")
 def test_end_to_end_run_on_the_attribute_dataset_writes_a_complete_record(tmp_path):
-    from benchmark import records
     from benchmark.config import compose_config
-    from benchmark.run import run
+    from benchmark.engine import records
+    from benchmark.engine.run import run
 
     overrides = [
         "method=saga", "dataset=attributes", "dataset.strict=false", "+dataset.options.per_class=6",
@@ -62,7 +62,7 @@ def test_end_to_end_run_on_the_attribute_dataset_writes_a_complete_record(tmp_pa
 
 
 def test_perf_script_reports_ratios_and_prefix_speedup(tmp_path, capsys):
-    from benchmark import perf_saga
+    from benchmark.perf import saga as perf_saga
 
     out = tmp_path / "perf.json"
     args = ["--group-size", "2", "--num-pairs", "1", "--batch-size", "4", "--m-per-class", "2", "--image-size", "64"]
@@ -81,9 +81,9 @@ def test_perf_script_reports_ratios_and_prefix_speedup(tmp_path, capsys):
 @pytest.mark.filterwarnings("ignore:Dataset 'attributes' does not have the expected counts")
 @pytest.mark.parametrize("method", ["pretrained", "proxy_anchor"])
 def test_baselines_run_on_the_mllm_tower_without_loading_its_language_model(tmp_path, method):
-    from benchmark import records
     from benchmark.config import compose_config
-    from benchmark.run import run
+    from benchmark.engine import records
+    from benchmark.engine.run import run
 
     mllm.clear_supervisors()
     overrides = [

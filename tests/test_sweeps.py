@@ -20,7 +20,7 @@ import sweep_support
 import torch
 import yaml
 
-from benchmark import records
+from benchmark.engine import records
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
@@ -87,7 +87,7 @@ def fake(command: str, *args: str) -> str:
 
 
 def test_dry_run_shows_cells_and_script_and_submits_nothing(env, tmp_path, capsys):
-    from benchmark.sweep import main
+    from benchmark.sweeps.submit import main
 
     spec = write_spec(tmp_path / "dry.yaml", rules=[{"match": {"seed": 2}, "resources": {"time_min": 90}}])
     assert main(str(spec), sweep_dir=str(tmp_path / "sw"), dry=True) == 0
@@ -104,8 +104,8 @@ def test_dry_run_shows_cells_and_script_and_submits_nothing(env, tmp_path, capsy
 
 
 def test_a_cell_that_does_not_compose_stops_the_whole_submission(env, tmp_path):
-    from benchmark.sweep import prepare
-    from benchmark.sweep_spec import SpecError
+    from benchmark.sweeps.spec import SpecError
+    from benchmark.sweeps.submit import prepare
 
     spec = write_spec(tmp_path / "bad.yaml", rules=[{"match": {"seed": 1}, "overrides": ["train.epochz=2"]}])
     with pytest.raises(SpecError, match=r"(?s)1 of 3 cells do not compose.*seed=1: .*train.epochz"):
@@ -113,7 +113,8 @@ def test_a_cell_that_does_not_compose_stops_the_whole_submission(env, tmp_path):
 
 
 def test_dirty_tree_is_refused_unless_allowed(env, tmp_path, monkeypatch):
-    from benchmark.sweep import DirtyTreeError, prepare, submit
+    from benchmark.sweeps.manifest import DirtyTreeError
+    from benchmark.sweeps.submit import prepare, submit
 
     monkeypatch.setattr(records, "git_info", lambda *a, **k: {"sha": "abc", "dirty": True})
     prepared = prepare(write_spec(tmp_path / "dirty.yaml", seeds=(0,)), tmp_path / "sw")
@@ -123,7 +124,7 @@ def test_dirty_tree_is_refused_unless_allowed(env, tmp_path, monkeypatch):
 
 
 def test_status_never_calls_a_job_without_a_complete_record_done(tmp_path):
-    from benchmark.sweep_status import _cell_state
+    from benchmark.sweeps.status import _cell_state
 
     entry = {"run_dir": str(tmp_path / "run"), "jobs": [{"mode": "slurm", "job_id": "7_0", "log_err": None}]}
     row = _cell_state(entry, {"7_0": "COMPLETED"})
@@ -135,7 +136,7 @@ def test_status_never_calls_a_job_without_a_complete_record_done(tmp_path):
 def reference_run(overrides: list[str]) -> tuple[dict, Path]:
     """The same run, uninterrupted, in this process (one thread, like the jobs)."""
     from benchmark.config import compose_config
-    from benchmark.run import run
+    from benchmark.engine.run import run
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -146,8 +147,9 @@ def reference_run(overrides: list[str]) -> tuple[dict, Path]:
 
 
 def test_slurm_sweep_submit_status_failure_preemption_resubmit(env, tmp_path, monkeypatch):
-    from benchmark.sweep import main, prepare, read_manifest
-    from benchmark.sweep_status import sweep_status
+    from benchmark.sweeps.manifest import read_manifest
+    from benchmark.sweeps.status import sweep_status
+    from benchmark.sweeps.submit import main, prepare
 
     monkeypatch.setenv("SWEEP_TEST_FAIL_SEED", "2")  # seed 2 raises in its first epoch
     monkeypatch.setenv("SWEEP_TEST_SAMPLE_DELAY", "0.01")  # long enough to be signalled mid-run
@@ -212,7 +214,10 @@ def test_slurm_sweep_submit_status_failure_preemption_resubmit(env, tmp_path, mo
 def test_single_run_with_slurm_launcher_submits_outside_and_runs_inside_an_allocation(
     env, tmp_path, monkeypatch, capsys
 ):
-    from benchmark.run import main
+    from benchmark.cli import main as cli_main
+
+    def main(overrides, as_json=False):  # the user's command: python -m benchmark run ... [--json]
+        return cli_main(["run", *overrides, *(["--json"] if as_json else [])])
 
     overrides = [
         *sweep_support.TINY,
@@ -250,8 +255,9 @@ def test_single_run_with_slurm_launcher_submits_outside_and_runs_inside_an_alloc
 
 def test_smoke_sweep_runs_locally_end_to_end(env, tmp_path):
     from benchmark.data.base import list_cards
-    from benchmark.sweep import main, read_manifest
-    from benchmark.sweep_spec import SWEEPS_DIR
+    from benchmark.sweeps.manifest import read_manifest
+    from benchmark.sweeps.spec import SWEEPS_DIR
+    from benchmark.sweeps.submit import main
 
     spec = yaml.safe_load((SWEEPS_DIR / "smoke.yaml").read_text())
     if "attributes" not in list_cards():  # the embedded dataset is not on this branch yet: same spec, test data
@@ -288,7 +294,7 @@ PAPER_CELLS = {
 def test_shipped_specs_expand_and_their_available_cells_compose(env, tmp_path, name):
     from benchmark.data.base import list_cards
     from benchmark.registry import list_methods
-    from benchmark.sweep_spec import expand_cells, format_value, load_spec, validate_cells
+    from benchmark.sweeps.spec import expand_cells, format_value, load_spec, validate_cells
 
     spec = load_spec(name)
     cells = expand_cells(spec, tmp_path / "runs")

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from benchmark.backbones import world_supervisor as ws
-from benchmark.backbones._world_data import encode_answer, target_answer, to_pixels, world_tokenizer
+from benchmark.world import supervisor as ws
 from benchmark.data.base import load_card
+from benchmark.world.data import encode_answer, target_answer, to_pixels, world_tokenizer
 from methods.saga._grpo import parse_verdict
 from methods.saga._prompt import build_prompt
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from benchmark.config import compose_config
+from benchmark.engine.run import run
 from benchmark.registry import list_methods
-from benchmark.run import run
 from tests.attribute_runs import attributes_budget
 
 # A reduced attribute dataset (64 classes: 32 train, 32 unseen test, 16 images each, so 512 test queries) at 32 px, a

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark import records
 from benchmark.config import compose_config
-from benchmark.run import run
+from benchmark.engine import records
+from benchmark.engine.run import run
 
 
 @pytest.mark.parametrize(

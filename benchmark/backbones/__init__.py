@@ -1,1 +1,1 @@
-"""Backbone kinds beyond timm; each module registers a builder with benchmark.encoder.register_backbone."""
+"""Backbone kinds beyond timm; each module registers a builder with benchmark.engine.encoder.register_backbone."""

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from benchmark.backbones._mllm_tiny import TINY_FAMILIES, TINY_QWEN, build_tiny_model, build_tiny_tokenizer
-from benchmark.backbones.world_supervisor import WORLD_NAME
-from benchmark.encoder import BackboneOutput, BackboneWeightsError, register_backbone
+from benchmark.backbones.named import resolve_named_checkpoint
+from benchmark.engine.encoder import BackboneOutput, BackboneWeightsError, register_backbone
 
 TINY_NAME = TINY_QWEN
 DEFAULT_INTERNVL = "OpenGVLab/InternVL3_5-8B-HF"  # App. C.2 transfer ablation (the HF-format release)
@@ -223,10 +223,9 @@ def resolve_checkpoint_dir(name: str) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    if name == WORLD_NAME:  # the attributes world's trained supervisor: cached, or built now
-        from benchmark.backbones.world_supervisor import ensure_supervisor
-
-        return ensure_supervisor()
+    named = resolve_named_checkpoint(name)  # e.g. the attributes world's supervisor: cached, or built now
+    if named is not None:
+        return named
     try:
         from huggingface_hub import snapshot_download
 

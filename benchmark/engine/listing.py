@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmark.data.base import list_cards
-from benchmark.encoder import list_backbone_kinds
+from benchmark.engine.encoder import list_backbone_kinds
 from benchmark.registry import list_methods
 
 

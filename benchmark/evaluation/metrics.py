@@ -6,7 +6,7 @@ Methods change what is embedded, never how it is scored: every method's embeddin
 - **Similarity**: cosine, i.e. the inner product of L2-normalised float32 embeddings (normalised here).
 - **Queries**: every sample is a query against all the others; the query is removed by its index.
 - **Ties**: neighbours are ordered by decreasing similarity, ties broken by ascending sample index, exactly (also
-  when a tie straddles the retrieval depth; see :mod:`benchmark._knn`).
+  when a tie straddles the retrieval depth; see :mod:`benchmark.evaluation.knn`).
 - **Recall@K**: 1 if any of the K nearest neighbours shares the query's label; mean over *all* queries (a query
   whose label has no other sample counts as a miss).
 - **MAP@R**: R = number of other samples with the query's label; ``(1/R) Σ_{i≤R} P(i)·[i-th neighbour correct]``.
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark import _knn
+from benchmark.evaluation import knn as _knn
 
 METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
 BACKENDS = ("auto", "faiss", "torch")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import html
 import math
 
-from benchmark._leaderboard_render import (
+from benchmark.leaderboard.keys import METRICS
+from benchmark.leaderboard.render import (
     LABELS,
     MISSING,
     Context,
@@ -21,7 +22,6 @@ from benchmark._leaderboard_render import (
     table_groups,
     table_title,
 )
-from benchmark.leaderboard import METRICS
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1400px;color:#222;padding:0 1rem}

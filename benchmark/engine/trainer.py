@@ -20,14 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from benchmark import distributed, records
-from benchmark.config import config_hash, to_container
+from benchmark.config import config_hash
 from benchmark.data.base import DatasetSplits, carve_validation, load_dataset
-from benchmark.encoder import Encoder
+from benchmark.engine import distributed
+from benchmark.engine.encoder import Encoder
+from benchmark.engine.pipeline import ImageDataset, ListBatchSampler, build_transforms, epoch_batches
+from benchmark.engine.record_writer import RecordWriter
 from benchmark.method import Method, TaskInfo
-from benchmark.pipeline import ImageDataset, ListBatchSampler, build_transforms, epoch_batches
 from benchmark.registry import get_method
 
 
@@ -290,7 +291,7 @@ class Trainer:
         return self._score(*self.embed(split))
 
     def _score(self, embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        from benchmark.evaluation import evaluate_embeddings
+        from benchmark.evaluation.metrics import evaluate_embeddings
 
         e = self.cfg.eval
         return evaluate_embeddings(
@@ -392,14 +393,16 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train (resuming if a checkpoint exists), select, evaluate on test, and return the final record."""
-        from benchmark.runrecord import RecordWriter
-
-        recorder = RecordWriter(self) if self.dist.is_main else distributed.NoRecord()
+        recorder = (
+            RecordWriter(self.cfg, self.run_dir, self.splits.card, self.describe())
+            if self.dist.is_main
+            else distributed.NoRecord()
+        )
         checkpoint = self.run_dir / "checkpoints" / "last.pt"
         if checkpoint.exists():
             self.load_checkpoint(checkpoint)
             print(f"Resuming {self.run_dir} from epoch {self.epoch} step {self.step_in_epoch}.")
-        recorder.write(status="running")
+        self._write(recorder, status="running")
         if self.cfg.train.tensorboard and self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -421,13 +424,13 @@ class Trainer:
                         self.best = {"score": metrics[ecfg.selection_metric], "epoch": self.epoch, "metrics": metrics}
                         self.save_checkpoint("best.pt")
                 self.history.append(entry)
-                recorder.append_history(entry)
+                recorder.append_history(self.history)
                 self.save_checkpoint()
-                recorder.write(status="running", train_s=train_time)
+                self._write(recorder, status="running", train_s=train_time)
                 print(_epoch_line(entry), flush=True)
         except Exception as err:
             if not isinstance(err, StopRequested):
-                recorder.write(status="failed", error=f"{type(err).__name__}: {err}")
+                self._write(recorder, status="failed", error=f"{type(err).__name__}: {err}")
             raise
         return self._finish(recorder, train_time)
 
@@ -445,7 +448,8 @@ class Trainer:
         test_embeddings, test_labels = self.embed(self.splits.test)
         test_metrics = self._score(test_embeddings, test_labels)
         probe = self._attribute_probe(test_embeddings, test_labels)
-        return recorder.write(
+        return self._write(
+            recorder,
             status="completed",
             test=test_metrics,
             val=val_metrics,
@@ -455,12 +459,49 @@ class Trainer:
             attribute_probe=probe,
         )
 
+    def _write(self, recorder, **fields: Any) -> dict[str, Any] | None:
+        return recorder.write(history=self.history, diagnostics=self.method.diagnostics(), **fields)
+
+    def describe(self) -> dict[str, Any]:
+        """The record's fixed sections: backbone, data (transforms, normalisation), split sizes, method."""
+        cfg, enc, desc = self.cfg, self.encoder, self.transforms.description
+        splits = {"train": _count(self.train_split), "test": _count(self.splits.test)}
+        if self.val_split is not None:
+            splits["val"] = _count(self.val_split)
+        return {
+            "backbone": {
+                "name": cfg.backbone.name,
+                "kind": cfg.backbone.kind,
+                "pretrained": bool(cfg.backbone.pretrained),
+                "source": enc.info.source,
+                "pooling": cfg.backbone.pooling,
+                "embedding_dim": enc.embedding_dim,
+                "feature_dim": enc.feature_dim,
+                "freeze_bn": bool(cfg.backbone.freeze_bn),
+            },
+            "data": {
+                "image_size": int(cfg.data.image_size),
+                "train_transform": desc["train"],
+                "test_transform": desc["test"],
+                "transform": cfg.data.transform,
+                "normalization": {"mean": desc["mean"], "std": desc["std"]},
+                "interpolation": desc["interpolation"],
+            },
+            "splits": splits,
+            "method_info": {
+                "paper": self.method_cls.paper,
+                "year": self.method_cls.year,
+                "url": self.method_cls.url,
+                "param_groups": self.param_group_info,
+            },
+        }
+
     def _attribute_probe(self, embeddings: np.ndarray, labels: np.ndarray) -> dict[str, Any] | None:
         """Linear probes of the dataset's class attributes on the test embeddings (None: off, or no attributes)."""
         attributes = self.splits.class_attributes
         if not (self.cfg.eval.attribute_probe and attributes and self.dist.is_main):
             return None
-        from benchmark.attribute_probe import ProbeError, class_attributes_by_id, probe_attributes
+        from benchmark.evaluation.attribute_probe import ProbeError, class_attributes_by_id, probe_attributes
 
         try:  # folds are drawn with seed 0 for every run, so methods and seeds are probed on the same folds
             return probe_attributes(embeddings, labels, class_attributes_by_id(self.splits.class_names, attributes))
@@ -487,14 +528,8 @@ def _epoch_line(entry: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def config_dict(cfg: DictConfig) -> dict[str, Any]:
-    tree = to_container(cfg)
-    tree.pop("defaults", None)
-    return tree
-
-
-def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
-    records.write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+def _count(split) -> dict[str, int]:
+    return {"classes": int(len(split.classes)), "images": int(len(split))}
 
 
 def archive_finished_run(run_dir: Path) -> Path:

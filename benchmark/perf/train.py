@@ -1,6 +1,6 @@
 """Training-step throughput: the engine's Proxy Anchor step against a minimal hand-written loop on the same batch.
 
-    python -m benchmark.perf_train [--backbone resnet18] [--batch 64] [--size 112] [--steps 20]
+    python -m benchmark.perf.train [--backbone resnet18] [--batch 64] [--size 112] [--steps 20]
 
 Both sides run the same timm backbone, linear head, L2 normalisation, pytorch-metric-learning ProxyAnchorLoss
 and AdamW (proxies at 100x); the engine side goes through ``Trainer.train_step`` (method plugin, parameter groups,
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from benchmark.config import compose_config
-    from benchmark.trainer import Trainer
+    from benchmark.engine.trainer import Trainer
 
     cfg = compose_config(
         [

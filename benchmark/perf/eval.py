@@ -1,8 +1,8 @@
-"""Performance check of the evaluator: ``python -m benchmark.perf_eval [--n 100000 --dim 512 --classes 1000]``.
+"""Performance check of the evaluator: ``python -m benchmark.perf.eval [--n 100000 --dim 512 --classes 1000]``.
 
 On synthetic clustered data it times
 
-1. :func:`benchmark.evaluation.evaluate_embeddings` without NMI (the retrieval metrics),
+1. :func:`benchmark.evaluation.metrics.evaluate_embeddings` without NMI (the retrieval metrics),
 2. a bare faiss ``IndexFlatIP`` search with the same k on the same (normalised) data: the floor for exact kNN,
 3. pytorch-metric-learning's ``AccuracyCalculator`` extended with Recall@K (:class:`RecallAtKCalculator`),
 
@@ -24,8 +24,8 @@ import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import FaissKNN
 
-from benchmark import _knn
-from benchmark.evaluation import evaluate_embeddings
+from benchmark.evaluation import knn as _knn
+from benchmark.evaluation.metrics import evaluate_embeddings
 
 KS = (1, 2, 4, 8)
 
@@ -118,7 +118,7 @@ def _peak_rss_gb() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.perf_eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmark.perf.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="samples (default 100000; e.g. 5000 for a quick run)")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--classes", type=int, default=1000)

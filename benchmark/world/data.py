@@ -2,7 +2,7 @@
 
 Everything is generated from the ``attributes`` dataset card and code: the SAGA prompt for that card
 (``methods/saga/_prompt.py``), target answers written from the known attributes of the two figures, and images of
-the **training classes only**. See :mod:`benchmark.backbones.world_supervisor` for the build itself.
+the **training classes only**. See :mod:`benchmark.world.supervisor` for the build itself.
 """
 
 from __future__ import annotations

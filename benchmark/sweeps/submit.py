@@ -17,20 +17,20 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark import records
-from benchmark.cluster import make_executor, sbatch_script
-from benchmark.sweep_spec import Cell, Spec, SpecError, expand_cells, load_spec, validate_cells
-
-MANIFEST = "manifest.json"
-DEFAULT_SWEEPS_ROOT = Path("runs") / "sweeps"
-
-
-class DirtyTreeError(RuntimeError):
-    """Refusal to submit from a checkout with uncommitted changes."""
+from benchmark.engine import records
+from benchmark.sweeps.cluster import make_executor, sbatch_script
+from benchmark.sweeps.manifest import (
+    DEFAULT_SWEEPS_ROOT,
+    MANIFEST,
+    Prepared,
+    begin_submission,
+    check_git,
+    write_manifest,
+)
+from benchmark.sweeps.spec import Cell, expand_cells, load_spec, validate_cells
 
 
 # ----------------------------------------------------------------------------------------------- the job
@@ -46,8 +46,8 @@ class RunJob:
 
     def __call__(self) -> dict[str, Any]:
         from benchmark.config import compose_config
-        from benchmark.run import run
-        from benchmark.trainer import StopRequested
+        from benchmark.engine.run import run
+        from benchmark.engine.trainer import StopRequested
 
         cfg = compose_config(self.overrides)
         handler = _install_deferred_requeue()
@@ -72,7 +72,7 @@ class RunJob:
         """
         import submitit
 
-        from benchmark.trainer import request_stop
+        from benchmark.engine.trainer import request_stop
 
         request_stop()
         return submitit.helpers.DelayedSubmission(RunJob(self.overrides, self.cell_id))
@@ -94,7 +94,7 @@ class _DeferredRequeue:
         self.signum = signum
 
     def __call__(self, signum: int, frame: Any) -> None:
-        from benchmark.trainer import request_stop
+        from benchmark.engine.trainer import request_stop
 
         print(f"Received signal {signal.Signals(signum).name}: checkpointing at the next step.", flush=True)
         request_stop()
@@ -124,7 +124,7 @@ def _install_deferred_requeue() -> _DeferredRequeue | None:
 
 def _log_job_start(overrides: list[str]) -> None:
     """Append this start (job id, restart count, host, git SHA at run time) to ``<run_dir>/jobs.json``."""
-    from benchmark.sweep_spec import cell_run_dir
+    from benchmark.sweeps.spec import cell_run_dir
 
     if int(os.environ.get("SLURM_PROCID", 0)) != 0:  # rank 0 keeps the log
         return
@@ -145,64 +145,7 @@ def _log_job_start(overrides: list[str]) -> None:
     records.write_json_atomic(path, starts)
 
 
-# ----------------------------------------------------------------------------------------------- manifest
-def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:
-    path = Path(sweep_dir) / MANIFEST
-    if not path.exists():
-        raise SpecError(
-            f"{sweep_dir} is not a sweep directory (no {MANIFEST}). A sweep directory is made by "
-            "python -m benchmark sweep SPEC (it prints where)."
-        )
-    return json.loads(path.read_text())
-
-
-def _load_or_new_manifest(sweep_dir: Path, spec: Spec) -> dict[str, Any]:
-    path = sweep_dir / MANIFEST
-    if path.exists():
-        manifest = json.loads(path.read_text())
-        if manifest.get("name") != spec.name:
-            raise SpecError(
-                f"{sweep_dir} holds sweep '{manifest.get('name')}', not '{spec.name}'. Pass another --sweep-dir."
-            )
-        return manifest
-    return {"schema_version": 1, "name": spec.name, "created": records.utc_now(), "submissions": [], "cells": {}}
-
-
-def _update_manifest(manifest: dict[str, Any], spec: Spec, cells: list[Cell]) -> None:
-    manifest["spec"] = {"path": str(spec.path.resolve()), "sha256": spec.sha256, "content": spec.data}
-    for cell in cells:
-        entry = manifest["cells"].setdefault(cell.cell_id, {"jobs": []})
-        entry.update(
-            index=cell.index,
-            assign=cell.assign,
-            overrides=cell.overrides,
-            run_dir=cell.run_dir,
-            config_hash=cell.config_hash,
-            resources=cell.resources,
-        )
-
-
-def write_manifest(sweep_dir: Path, manifest: dict[str, Any]) -> None:
-    manifest["updated"] = records.utc_now()
-    records.write_json_atomic(sweep_dir / MANIFEST, manifest)
-
-
 # ----------------------------------------------------------------------------------------------- submission
-@dataclass
-class Prepared:
-    """A spec expanded and validated: its cells, which of them are complete, and where the sweep lives."""
-
-    spec: Spec
-    sweep_dir: Path
-    cells: list[Cell]
-    complete: set[str]
-    active: set[str] = field(default_factory=set)  # queued or running from an earlier submission
-
-    @property
-    def pending(self) -> list[Cell]:
-        return [c for c in self.cells if c.cell_id not in self.complete and c.cell_id not in self.active]
-
-
 def prepare(spec_path: str | Path, sweep_dir: str | Path | None = None) -> Prepared:
     """Load the spec, expand and validate every cell, and find those already complete."""
     spec = load_spec(spec_path)
@@ -213,22 +156,10 @@ def prepare(spec_path: str | Path, sweep_dir: str | Path | None = None) -> Prepa
     complete = {c.cell_id for c in cells if records.is_complete(records.read_record(c.run_dir))}
     active: set[str] = set()
     if (sweep_dir / MANIFEST).exists():  # never start a second job on a run that is queued or running
-        from benchmark.sweep_status import sweep_status
+        from benchmark.sweeps.status import sweep_status
 
         active = {r["cell"] for r in sweep_status(sweep_dir) if r["state"] in ("pending", "running")}
     return Prepared(spec, sweep_dir, cells, complete, active - complete)
-
-
-def check_git(allow_dirty: bool) -> dict[str, Any]:
-    """The checkout's git state; refuse a dirty tree unless ``allow_dirty``."""
-    git = records.git_info()
-    if git.get("dirty") and not allow_dirty:
-        raise DirtyTreeError(
-            f"The checkout {records.REPO_ROOT} has uncommitted changes (HEAD {git.get('sha')}): "
-            "the runs could not be traced to a commit. Commit them, or pass --allow-dirty to "
-            "submit anyway (the records then say dirty=true)."
-        )
-    return git
 
 
 def _resource_groups(cells: list[Cell]) -> list[tuple[dict[str, Any], list[Cell]]]:
@@ -266,18 +197,6 @@ def dry_run(prepared: Prepared) -> str:
     return "\n".join(lines)
 
 
-def begin_submission(
-    prepared: Prepared, mode: str, git: dict[str, Any], **fields: Any
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The sweep's manifest (loaded or new, brought up to the prepared cells) and a new submission entry for it:
-    time, mode, git state, ``fields``, and the cells skipped as complete or still active."""
-    manifest = _load_or_new_manifest(prepared.sweep_dir, prepared.spec)
-    _update_manifest(manifest, prepared.spec, prepared.cells)
-    submission = {"time": records.utc_now(), "mode": mode, "git": git, **fields}
-    submission |= {"skipped_complete": sorted(prepared.complete), "skipped_active": sorted(prepared.active)}
-    return manifest, submission
-
-
 def submit(prepared: Prepared, allow_dirty: bool = False) -> dict[str, Any]:
     """Submit every pending cell through submitit (one job array per resource set); return the manifest.
 
@@ -311,8 +230,8 @@ def submit(prepared: Prepared, allow_dirty: bool = False) -> dict[str, Any]:
 
 def submit_single(overrides: list[str], cfg: Any) -> dict[str, Any]:
     """``run launcher=slurm``: submit this one run as a SLURM job and return its job id, log and run directory."""
-    from benchmark.cluster import resolve_resources
-    from benchmark.sweep_spec import cell_run_dir
+    from benchmark.sweeps.cluster import resolve_resources
+    from benchmark.sweeps.spec import cell_run_dir
 
     git = check_git(allow_dirty=True)  # a single run may come from a dirty tree; its record says so
     run_dir, _ = cell_run_dir(overrides)
@@ -341,6 +260,21 @@ def submit_single(overrides: list[str], cfg: Any) -> dict[str, Any]:
     return info
 
 
+def submit_single_command(overrides: list[str], cfg: Any, as_json: bool = False) -> int:
+    """``run launcher=slurm`` outside an allocation: submit the run, print its job id and run directory."""
+    info = submit_single(overrides, cfg)
+    if as_json:
+        print(json.dumps(info, indent=2))
+    elif info["job_id"] is None:
+        print(f"{info['run_dir']} is {info['note']}.")
+    else:
+        print(
+            f"Submitted SLURM job {info['job_id']}; run directory {info['run_dir']}; log {info['log_out']}."
+            " Submitting it again resumes it, or skips it once complete."
+        )
+    return 0
+
+
 def main(
     spec: str,
     sweep_dir: str | None = None,
@@ -357,10 +291,10 @@ def main(
             print("\nNote: the checkout has uncommitted changes; submitting needs a commit or --allow-dirty.")
         return 0
     if local:
-        from benchmark.sweep_local import run_local
+        from benchmark.sweeps.local import run_local
 
         manifest = run_local(prepared, max_parallel=max_parallel, allow_dirty=allow_dirty)
-        from benchmark.sweep_status import format_status, sweep_status
+        from benchmark.sweeps.status import format_status, sweep_status
 
         rows = sweep_status(prepared.sweep_dir)
         print(format_status(rows, manifest["name"]))

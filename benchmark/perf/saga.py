@@ -1,6 +1,6 @@
 """Cost of one SAGA optimiser step against one Potential Field step on the same micro-batch and the same tower.
 
-``python -m benchmark.perf_saga [--group-size 8 --num-pairs 8 ...]`` runs the tiny Qwen3-VL (``tiny-qwen3-vl``,
+``python -m benchmark.perf.saga [--group-size 8 --num-pairs 8 ...]`` runs the tiny Qwen3-VL (``tiny-qwen3-vl``,
 random weights; ``--mllm`` takes a hub id or local directory on a GPU machine) and prints:
 
 - the time of one SAGA step (forward + backward + AdamW) over one baseline step (Potential Field on the mean-pooled
@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 
 def _encoder(name: str, device: torch.device) -> Any:
-    from benchmark.encoder import Encoder
+    from benchmark.engine.encoder import Encoder
 
     cfg = {"kind": "mllm_vision", "name": name, "pooling": "mean", "embedding_dim": None, "freeze_bn": False}
     return Encoder(OmegaConf.create({**cfg, "pretrained": True, "checkpoint": None})).to(device)

@@ -9,8 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from benchmark import records
 from benchmark.config import compose_config, config_hash
+from benchmark.engine import records
 
 METRIC_LABELS = {
     "recall@1": "R@1",
@@ -25,7 +25,7 @@ METRIC_LABELS = {
 
 def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     """Run one config to completion; return its record and directory. A finished run is returned, not retrained."""
-    from benchmark.trainer import Trainer, TrainingError, archive_finished_run
+    from benchmark.engine.trainer import Trainer, TrainingError, archive_finished_run
 
     started = time.time()
     # The run directory depends on card defaults resolved inside the Trainer, so look it up after building it.
@@ -62,25 +62,9 @@ def format_metrics(metrics: dict[str, float]) -> str:
     )
 
 
-def main(overrides: list[str], as_json: bool = False) -> int:
-    cfg = compose_config(overrides)
-    if cfg.launcher == "slurm":
-        from benchmark.cluster import in_slurm_allocation
-
-        if not in_slurm_allocation():  # inside a job (sbatch script, srun) the run simply runs here
-            from benchmark.sweep import submit_single
-
-            info = submit_single(overrides, cfg)
-            if as_json:
-                print(json.dumps(info, indent=2))
-            elif info["job_id"] is None:
-                print(f"{info['run_dir']} is {info['note']}.")
-            else:
-                print(
-                    f"Submitted SLURM job {info['job_id']}; run directory {info['run_dir']}; log {info['log_out']}."
-                    " Submitting it again resumes it, or skips it once complete."
-                )
-            return 0
+def main(overrides: list[str], as_json: bool = False, cfg: DictConfig | None = None) -> int:
+    """``python -m benchmark run``: run here (the CLI sends ``launcher=slurm`` runs to the sweeps' submitter)."""
+    cfg = compose_config(overrides) if cfg is None else cfg
     record, run_dir = run(cfg)
     if record is None:  # a rank other than 0 of a data-parallel run
         return 0
@@ -96,7 +80,7 @@ def main(overrides: list[str], as_json: bool = False) -> int:
         print(f"  val : {format_metrics(record['metrics']['val'])}")
     print(f"  test: {format_metrics(record['metrics']['test'])}")
     if record.get("attribute_probe"):
-        from benchmark.attribute_probe import format_probe
+        from benchmark.evaluation.attribute_probe import format_probe
 
         print(f"  {format_probe(record['attribute_probe'])}")
     print(f"Run record: {run_dir / 'record.json'}")

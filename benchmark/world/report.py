@@ -6,7 +6,7 @@ with its row (the method; SAGA runs by ablation from the resolved config: ``saga
 only)``, ``saga (KL only)``) and writes, atomically, into ``out_dir``:
 
 - ``results.csv``: one line per run (row, method, seed, retrieval metrics, and per attribute the probe accuracy,
-  chance, and the level the other attributes alone reach: see :mod:`benchmark.attribute_probe`);
+  chance, and the level the other attributes alone reach: see :mod:`benchmark.evaluation.attribute_probe`);
 - ``summary.md``: mean ± sample std over seeds and the number of seeds per row, for test R@1/2/4/8 and MAP@R, and
   for the probe accuracy of each attribute, its mean and its chance level (plus the other-attributes level);
 - ``probe.png``: probe accuracy per attribute per row (mean, ± std over seeds, chance and the other-attributes
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmark.leaderboard import gather
-from benchmark.records import write_atomic
+from benchmark.engine.records import write_atomic
+from benchmark.leaderboard.gather import gather
 
 #: Rows in this order first; any other row label follows, sorted.
 ROW_ORDER = ("pretrained", "proxy_anchor", "potential_field", "saga (KL only)", "saga (GRPO only)", "saga")

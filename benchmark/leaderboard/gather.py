@@ -23,14 +23,13 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.records import METRIC_KEYS as METRICS
-from benchmark.records import SCHEMA_VERSION
+from benchmark.engine.records import SCHEMA_VERSION
+from benchmark.leaderboard.keys import COMPARE_KEYS, GROUP_KEYS, METRICS, TABLE_KEYS
 
 COMMAND = "python -m benchmark leaderboard"
-RECALL_KS = tuple(int(m.split("@")[1]) for m in METRICS if m.startswith("recall@"))
 SELECTION_RULES = ("val", "last", "test")
 FORMATS = ("md", "csv", "tex", "html", "png")
-DEFAULT_REPORTED_DIR = Path(__file__).resolve().parents[1] / "leaderboard" / "reported"
+DEFAULT_REPORTED_DIR = Path(__file__).resolve().parents[2] / "leaderboard" / "reported"
 _REQUIRED = ("run_id", "method", "dataset", "seed", "backbone", "selection", "metrics", "protocol", "config_hash")
 
 RUN_COLUMNS = [
@@ -38,10 +37,6 @@ RUN_COLUMNS = [
     "train_transform", "test_transform", "selection_rule", "selection_metric", "selection_epoch", "protocol_hash",
     "protocol_version", "config_hash", "seed", *METRICS, "git_sha", "git_dirty", "finished",
 ]  # fmt: skip
-# One table per (protocol, selection rule); within it, rows compare inside (dataset, backbone, embedding size).
-TABLE_KEYS = ["protocol_hash", "selection_rule"]
-COMPARE_KEYS = [*TABLE_KEYS, "dataset", "backbone", "embedding_dim"]
-GROUP_KEYS = [*COMPARE_KEYS, "method", "config_hash"]
 _DESCRIPTIVE = ["backbone_source", "pooling", "image_size", "train_transform", "test_transform", "protocol_version"]
 
 
@@ -268,10 +263,9 @@ def build_leaderboard(
     ``reported_dir`` holds the published numbers (None: leave them out); ``command`` is the regeneration command
     printed in the README (default: rebuilt from the arguments).
     """
-    from benchmark import _leaderboard_figures as figures
-    from benchmark import _leaderboard_render as render
-    from benchmark._leaderboard_html import to_html
-    from benchmark._leaderboard_reported import load_reported
+    from benchmark.leaderboard import figures, render
+    from benchmark.leaderboard.html import to_html
+    from benchmark.leaderboard.reported import load_reported
 
     formats = set(formats)
     unknown = formats - set(FORMATS)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from benchmark.leaderboard import METRICS
+from benchmark.leaderboard.keys import METRICS
 
 REPORTED_COLUMNS = [
     "position", "source", "title", "order", "method", "dataset", "backbone", "embedding_dim", "image_size", "selection_rule",

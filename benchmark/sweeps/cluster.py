@@ -4,7 +4,7 @@ whether this process runs inside a job.
 Profiles live in ``sweeps/clusters.yaml`` (or the file named by ``$BENCHMARK_CLUSTERS``). A profile is a set of
 resources; a sweep spec or a single run picks one (``cluster: NAME`` / ``cluster=NAME``) and may override any field.
 Submission itself goes through submitit's :class:`~submitit.SlurmExecutor`; this module only translates (ranks inside
-a job are read by :mod:`benchmark.distributed`).
+a job are read by :mod:`benchmark.engine.distributed`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from benchmark.records import REPO_ROOT
+from benchmark.engine.records import REPO_ROOT
 from benchmark.registry import UnknownNameError, suggest
 
 CLUSTERS_FILE = REPO_ROOT / "sweeps" / "clusters.yaml"

@@ -1,6 +1,6 @@
 """``python -m benchmark status SWEEP_DIR``: pending / running / done / failed for every cell of a sweep.
 
-A cell is *done* only when its run record is complete (:func:`benchmark.records.is_complete`), whatever the
+A cell is *done* only when its run record is complete (:func:`benchmark.engine.records.is_complete`), whatever the
 scheduler says: a job SLURM calls COMPLETED whose record is not complete is reported as failed. The scheduler's
 state (``sacct``, or the local runner's process table) tells pending and running apart; a failed cell shows the
 error from its record (or its job's end state) and the tail of its log.
@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from benchmark import records
-from benchmark.sweep import read_manifest
+from benchmark.engine import records
+from benchmark.sweeps.manifest import read_manifest
 
 PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "CONFIGURING"}
 RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
@@ -46,7 +46,7 @@ def log_tail(path: str | None, lines: int = TAIL_LINES) -> str:
 
 
 def _cell_state(entry: dict[str, Any], sacct: dict[str, str]) -> dict[str, Any]:
-    from benchmark.sweep_local import pid_alive
+    from benchmark.sweeps.local import pid_alive
 
     record = records.read_record(entry["run_dir"])
     job = entry["jobs"][-1] if entry.get("jobs") else None

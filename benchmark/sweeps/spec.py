@@ -35,8 +35,8 @@ from typing import Any
 
 import yaml
 
-from benchmark.cluster import check_resources, resolve_resources
-from benchmark.records import REPO_ROOT
+from benchmark.engine.records import REPO_ROOT
+from benchmark.sweeps.cluster import check_resources, resolve_resources
 
 SPEC_KEYS = {
     "name",
@@ -200,7 +200,7 @@ def cell_run_dir(overrides: list[str]) -> tuple[Path, str]:
     """Compose a cell's config and derive its run directory and config hash, without loading any data."""
     from benchmark.config import compose_config, config_hash
     from benchmark.data.base import load_card
-    from benchmark.trainer import resolve_card_defaults, run_directory
+    from benchmark.engine.trainer import resolve_card_defaults, run_directory
 
     cfg = compose_config(overrides)
     resolve_card_defaults(cfg, load_card(cfg.dataset.name))  # the Trainer does the same before naming the run

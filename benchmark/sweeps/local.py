@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmark import records
-from benchmark.sweep import Prepared, begin_submission, check_git, write_manifest
+from benchmark.engine import records
+from benchmark.sweeps.manifest import Prepared, begin_submission, check_git, write_manifest
 
 
 def _env() -> dict[str, str]:

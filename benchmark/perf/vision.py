@@ -1,6 +1,6 @@
 """Qwen3-VL vision tower: our batched attention for same-size images vs Hugging Face's per-image loop.
 
-``python -m benchmark.perf_vision [--images 64] [--image-size 224] [--repeats 5]`` times a forward and backward of the
+``python -m benchmark.perf.vision [--images 64] [--image-size 224] [--repeats 5]`` times a forward and backward of the
 tiny Qwen3-VL tower (random weights) on one batch, both ways in the same process, and prints the ratio. On GPUs
 with flash attention Hugging Face takes its varlen kernel and this path is not used.
 """

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.backbones.named import register_named_checkpoint
+
 WORLD_NAME = "attributes-supervisor"
 #: Bumped whenever the recipe changes, so an old cached build is not mistaken for a new one.
 RECIPE_VERSION = 1
@@ -92,6 +94,11 @@ def ensure_supervisor(cfg: BuildConfig | None = None, log: Callable[[str], None]
         return path
     log(f"[supervisor] no cached {WORLD_NAME} at {path}; building it (about 15 min on 2 CPU cores) ...")
     return build_supervisor(cfg or BuildConfig(), path, log=log)
+
+
+register_named_checkpoint(
+    WORLD_NAME, ensure_supervisor, "the attributes world's trained tiny Qwen3-VL supervisor (built on first use)"
+)
 
 
 def read_card(path: str | os.PathLike) -> dict[str, Any]:
@@ -181,7 +188,8 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
     """Train the supervisor and save it (with its card) atomically into ``out_dir``; returns ``out_dir``."""
     from transformers import Qwen3VLForConditionalGeneration
 
-    from benchmark.backbones._world_data import (
+    from benchmark.backbones.mllm import MLLMVisionTower
+    from benchmark.world.data import (
         PairSampler,
         encode_answer,
         target_answer,
@@ -189,7 +197,6 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
         world_config,
         world_tokenizer,
     )
-    from benchmark.backbones.mllm import MLLMVisionTower
     from methods.saga._rollout import _forward, build_prefix
 
     out_dir = Path(out_dir)
@@ -300,7 +307,7 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
 @torch.no_grad()
 def _head_accuracy(tower: Any, heads: nn.ModuleList, world: _World) -> float:
     """Mean accuracy of the auxiliary attribute heads on the held-out classes' images (a build diagnostic)."""
-    from benchmark.backbones._world_data import to_pixels
+    from benchmark.world.data import to_pixels
 
     n_cls, per = world.test_images.shape[:2]
     pooled = torch.cat([tower.encode(to_pixels(world.test_images[c])).tokens.mean(1) for c in range(n_cls)])
@@ -344,7 +351,7 @@ def evaluate(
     verdict accuracy is the mean reward of Eq. 3 (parse failures count as wrong); the attribute accuracy is over
     both figures' seven values in the answers that parse.
     """
-    from benchmark.backbones._world_data import PairSampler, to_pixels
+    from benchmark.world.data import PairSampler, to_pixels
     from methods.saga._grpo import parse_verdict
     from methods.saga._rollout import sample_rollouts
 

@@ -15,8 +15,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from benchmark._leaderboard_render import LABELS, dataset_name, table_groups, write_atomic
-from benchmark.leaderboard import GROUP_KEYS, RECALL_KS
+from benchmark.leaderboard.keys import GROUP_KEYS, RECALL_KS
+from benchmark.leaderboard.render import LABELS, dataset_name, table_groups, write_atomic
 
 REPORTED_FIGURE_SOURCE = "SAGA Table 1"
 _STYLE = ("whitegrid", "notebook")

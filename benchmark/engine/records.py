@@ -12,7 +12,7 @@ Metric keys: ``recall@1``, ``recall@2``, ``recall@4``, ``recall@8``, ``map@r``, 
 
 ``attribute_probe`` (an optional addition to version 1: absent in older records, null where the dataset names no
 class attributes or ``eval.attribute_probe=false``) holds the class-disjoint linear probe of each attribute on the
-test embeddings, as :func:`benchmark.attribute_probe.probe_attributes` returns it: ``accuracy {attribute:
+test embeddings, as :func:`benchmark.evaluation.attribute_probe.probe_attributes` returns it: ``accuracy {attribute:
 fraction}``, ``chance {attribute: fraction}``, ``mean_accuracy``, ``mean_chance``, ``skipped``, counts and settings;
 or ``{error}`` saying why it could not be computed (e.g. fewer than 4 test classes).
 """
@@ -29,13 +29,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import stable_hash
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.config import stable_hash, to_container
 
 SCHEMA_VERSION = 1
 #: Bump when the evaluation or split definitions change: records with different versions never share a table.
 PROTOCOL_VERSION = 1
 METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi")
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
@@ -136,3 +138,13 @@ def protocol_hash(fields: dict[str, Any]) -> str:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def config_dict(cfg: DictConfig) -> dict[str, Any]:
+    tree = to_container(cfg)
+    tree.pop("defaults", None)
+    return tree
+
+
+def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))

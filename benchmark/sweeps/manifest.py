@@ -1,0 +1,100 @@
+"""A sweep directory's ``manifest.json`` (cell -> jobs -> run directory), the git check made before submitting, and
+the :class:`Prepared` sweep that SLURM submission (``submit``) and local runs (``local``) share."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmark.engine import records
+from benchmark.sweeps.spec import Cell, Spec, SpecError
+
+MANIFEST = "manifest.json"
+DEFAULT_SWEEPS_ROOT = Path("runs") / "sweeps"
+
+
+class DirtyTreeError(RuntimeError):
+    """Refusal to submit from a checkout with uncommitted changes."""
+
+
+# ----------------------------------------------------------------------------------------------- manifest
+def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:
+    path = Path(sweep_dir) / MANIFEST
+    if not path.exists():
+        raise SpecError(
+            f"{sweep_dir} is not a sweep directory (no {MANIFEST}). A sweep directory is made by "
+            "python -m benchmark sweep SPEC (it prints where)."
+        )
+    return json.loads(path.read_text())
+
+
+def _load_or_new_manifest(sweep_dir: Path, spec: Spec) -> dict[str, Any]:
+    path = sweep_dir / MANIFEST
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        if manifest.get("name") != spec.name:
+            raise SpecError(
+                f"{sweep_dir} holds sweep '{manifest.get('name')}', not '{spec.name}'. Pass another --sweep-dir."
+            )
+        return manifest
+    return {"schema_version": 1, "name": spec.name, "created": records.utc_now(), "submissions": [], "cells": {}}
+
+
+def _update_manifest(manifest: dict[str, Any], spec: Spec, cells: list[Cell]) -> None:
+    manifest["spec"] = {"path": str(spec.path.resolve()), "sha256": spec.sha256, "content": spec.data}
+    for cell in cells:
+        entry = manifest["cells"].setdefault(cell.cell_id, {"jobs": []})
+        entry.update(
+            index=cell.index,
+            assign=cell.assign,
+            overrides=cell.overrides,
+            run_dir=cell.run_dir,
+            config_hash=cell.config_hash,
+            resources=cell.resources,
+        )
+
+
+def write_manifest(sweep_dir: Path, manifest: dict[str, Any]) -> None:
+    manifest["updated"] = records.utc_now()
+    records.write_json_atomic(sweep_dir / MANIFEST, manifest)
+
+
+@dataclass
+class Prepared:
+    """A spec expanded and validated: its cells, which of them are complete, and where the sweep lives."""
+
+    spec: Spec
+    sweep_dir: Path
+    cells: list[Cell]
+    complete: set[str]
+    active: set[str] = field(default_factory=set)  # queued or running from an earlier submission
+
+    @property
+    def pending(self) -> list[Cell]:
+        return [c for c in self.cells if c.cell_id not in self.complete and c.cell_id not in self.active]
+
+
+def check_git(allow_dirty: bool) -> dict[str, Any]:
+    """The checkout's git state; refuse a dirty tree unless ``allow_dirty``."""
+    git = records.git_info()
+    if git.get("dirty") and not allow_dirty:
+        raise DirtyTreeError(
+            f"The checkout {records.REPO_ROOT} has uncommitted changes (HEAD {git.get('sha')}): "
+            "the runs could not be traced to a commit. Commit them, or pass --allow-dirty to "
+            "submit anyway (the records then say dirty=true)."
+        )
+    return git
+
+
+def begin_submission(
+    prepared: Prepared, mode: str, git: dict[str, Any], **fields: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sweep's manifest (loaded or new, brought up to the prepared cells) and a new submission entry for it:
+    time, mode, git state, ``fields``, and the cells skipped as complete or still active."""
+    manifest = _load_or_new_manifest(prepared.sweep_dir, prepared.spec)
+    _update_manifest(manifest, prepared.spec, prepared.cells)
+    submission = {"time": records.utc_now(), "mode": mode, "git": git, **fields}
+    submission |= {"skipped_complete": sorted(prepared.complete), "skipped_active": sorted(prepared.active)}
+    return manifest, submission
