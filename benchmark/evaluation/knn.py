@@ -1,18 +1,24 @@
 """Exact, chunked k-nearest-neighbour retrieval with a deterministic tie rule (private helper of the evaluator).
 
 Every sample is a query against all the others. Neighbours are ordered by decreasing cosine similarity (inner
-product of L2-normalised float32 embeddings, as computed by the backend) with ties broken by ascending index, and
-the query itself is removed by its index, never by dropping rank 0.
+product of L2-normalised float32 embeddings) with ties broken by ascending index, and the query itself is removed
+by its index, never by dropping rank 0.
 
 faiss does not follow that tie rule (it returns tied items by *descending* index, also at the retrieval
-boundary), and neither does ``torch.topk``. No library offers the rule, so it is enforced here by hand:
+boundary), and neither does ``torch.topk``. Worse, a BLAS kernel may round the same inner product differently at
+different positions of its output tile: on an AMD EPYC host, faiss' bundled OpenBLAS (Zen kernel) scored two
+*identical* database vectors 1 ulp apart, so they no longer tied. No library offers the rule, so it is enforced
+here by hand:
 
-1. retrieve ``k_needed + 2`` neighbours (the query itself plus one extra to see past the boundary);
+1. the backend (faiss or torch) retrieves ``k_needed + 2`` candidates (the query itself plus one extra to see past
+   the boundary);
 2. remove the query by index (if a tie pushed it out of the list, drop the last neighbour instead);
-3. re-sort rows that contain equal scores by (decreasing score, ascending index);
-4. a row whose score at its needed depth equals its last retrieved score may have tied items that were not
-   retrieved (with lower indices than retrieved ones): recompute such rows from their full similarity row with a
-   stable sort. Otherwise every unretrieved item scores strictly lower, so the retrieved prefix is exact.
+3. rescore the candidates pair by pair (:func:`pair_scores`: one einsum reduction per pair, never a BLAS tile,
+   so identical vectors always score identically) and order each row by (decreasing score, ascending index);
+4. a row whose score at its needed depth is within a few ulps of the backend's last retrieved score may have tied
+   items that were not retrieved (with lower indices than retrieved ones): recompute such rows from their full
+   similarity row, scored the same way, with a stable sort. Otherwise every unretrieved item scores strictly lower,
+   so the retrieved prefix is exact.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ FAISS_GPU_MAX_K = 2048
 SIM_BLOCK_ELEMENTS = 2**26
 #: Budget (in elements) for one chunk's neighbour arrays (scores + indices + per-query metric work).
 NEIGHBOUR_BLOCK_ELEMENTS = 2**24
+#: Budget (in elements) for the gathered vectors of one rescoring block (2**21 float32 = 8 MiB).
+RESCORE_BLOCK_ELEMENTS = 2**21
+#: A backend score may differ from :func:`pair_scores` by this many float32 ulps (BLAS rounding); within it, an
+#: unretrieved item may tie with the row's boundary, so the row is recomputed.
+BOUNDARY_ULPS = 4
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -82,19 +93,19 @@ def iter_neighbours(x: np.ndarray, depth: np.ndarray, plan: SearchPlan) -> Itera
     """
     n = len(x)
     if plan.backend == "faiss":
-        search, full_rows = _faiss_search_fns(x, plan)
+        search = _faiss_search_fn(x, plan)
     elif plan.backend == "torch":
-        search, full_rows = _torch_search_fns(x, plan)
+        search = _torch_search_fn(x, plan)
     else:  # pragma: no cover - validated by the caller
         raise ValueError(plan.backend)
     for start in range(0, n, plan.chunk):
         stop = min(start + plan.chunk, n)
         scores, idx = search(start, stop)
-        idx = _finalise(scores, idx, start, depth[start:stop], plan.k_needed, n, full_rows)
+        idx = _finalise(x, scores, idx, start, depth[start:stop], plan.k_needed)
         yield start, stop, idx
 
 
-def _faiss_search_fns(x: np.ndarray, plan: SearchPlan):
+def _faiss_search_fn(x: np.ndarray, plan: SearchPlan) -> Callable[[int, int], tuple[np.ndarray, np.ndarray]]:
     import faiss
 
     cpu_index = faiss.IndexFlatIP(x.shape[1])
@@ -108,41 +119,53 @@ def _faiss_search_fns(x: np.ndarray, plan: SearchPlan):
         # _keep_alive: the GPU resources must outlive the GPU index
         return index.search(x[start:stop], plan.k_search)
 
-    def full_rows(rows: np.ndarray) -> np.ndarray:
-        return x[rows] @ x.T
-
-    return search, full_rows
+    return search
 
 
-def _torch_search_fns(x: np.ndarray, plan: SearchPlan):
+def _torch_search_fn(x: np.ndarray, plan: SearchPlan) -> Callable[[int, int], tuple[np.ndarray, np.ndarray]]:
     xt = torch.from_numpy(x).to(plan.device)
-    cache: dict[str, torch.Tensor] = {}
 
     def search(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
-            sim = xt[start:stop] @ xt.T
-            cache["sim"], cache["start"] = sim, start
-            scores, idx = torch.topk(sim, plan.k_search, dim=1, largest=True, sorted=True)
+            scores, idx = torch.topk(xt[start:stop] @ xt.T, plan.k_search, dim=1, largest=True, sorted=True)
         return scores.cpu().numpy(), idx.cpu().numpy()
 
-    def full_rows(rows: np.ndarray) -> np.ndarray:
-        # The rows of the chunk being finalised: reuse the similarity block already computed.
-        local = torch.as_tensor(rows - cache["start"], device=cache["sim"].device)
-        return cache["sim"][local].cpu().numpy()
+    return search
 
-    return search, full_rows
+
+def pair_scores(x: np.ndarray, qids: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``out[i, j] = <x[qids[i]], x[idx[i, j]]>`` in float32, each pair reduced on its own by ``np.einsum``'s
+    contiguous sum-of-products loop (no BLAS tile): the result depends only on the two vectors, never on where they
+    sit in an output tile, so identical vectors score identically (hand-written: no library guarantees that)."""
+    out = np.empty(idx.shape, dtype=np.float32)
+    step = max(1, RESCORE_BLOCK_ELEMENTS // max(1, idx.shape[1] * x.shape[1]))
+    for b in range(0, len(qids), step):
+        out[b : b + step] = np.einsum("qd,qkd->qk", x[qids[b : b + step]], x[idx[b : b + step]])
+    return out
+
+
+def _full_rows(x: np.ndarray, qids: np.ndarray) -> np.ndarray:
+    """Each query's similarity to every sample, scored like :func:`pair_scores` (for the few recomputed rows)."""
+    n = len(x)
+    sim = np.empty((len(qids), n), dtype=np.float32)
+    cols = max(1, RESCORE_BLOCK_ELEMENTS // x.shape[1])
+    for r, q in enumerate(qids):
+        for c in range(0, n, cols):
+            stop = min(c + cols, n)
+            sim[r, c:stop] = pair_scores(x, np.array([q]), np.arange(c, stop)[None, :])[0]
+    return sim
 
 
 def _finalise(
+    x: np.ndarray,
     scores: np.ndarray,
     idx: np.ndarray,
     start: int,
     depth: np.ndarray,
     k_needed: int,
-    n: int,
-    full_rows: Callable[[np.ndarray], np.ndarray],
 ) -> np.ndarray:
     """Steps 2-4 of the module docstring, vectorised over the chunk."""
+    n = len(x)
     c, k_search = idx.shape
     qids = np.arange(start, start + c)
     # 2. remove the query by index; if a tie pushed it out of the list, drop the last (lowest-ranked) neighbour.
@@ -150,21 +173,21 @@ def _finalise(
     drop[~drop.any(axis=1), -1] = True
     keep = ~drop
     idx = idx[keep].reshape(c, k_search - 1)
-    scores = scores[keep].reshape(c, k_search - 1)
-    # 3. ties inside the retrieved list: order by (decreasing score, ascending index).
-    tied = np.flatnonzero((scores[:, 1:] == scores[:, :-1]).any(axis=1))
-    if len(tied):
-        order = np.lexsort((idx[tied], -scores[tied]), axis=-1)
-        idx[tied] = np.take_along_axis(idx[tied], order, axis=1)
-        scores[tied] = np.take_along_axis(scores[tied], order, axis=1)
-    # 4. a tie that straddles the retrieval boundary: recompute the row exactly from its full similarity row.
+    backend_last = scores[keep].reshape(c, k_search - 1)[:, -1]
+    # 3. rescore pair by pair and order by (decreasing score, ascending index).
+    scores = pair_scores(x, qids, idx)
+    order = np.lexsort((idx, -scores), axis=-1)
+    idx = np.take_along_axis(idx, order, axis=1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    # 4. a tie that may straddle the retrieval boundary: recompute the row exactly from its full similarity row.
     if k_search < n:
-        straddle = np.flatnonzero(scores[np.arange(c), depth - 1] == scores[:, -1])
+        slack = BOUNDARY_ULPS * np.spacing(np.abs(backend_last).astype(np.float32))
+        straddle = np.flatnonzero(scores[np.arange(c), depth - 1] <= backend_last + slack)
         if len(straddle):
             block = max(1, SIM_BLOCK_ELEMENTS // n)
             for b in range(0, len(straddle), block):
                 rows = straddle[b : b + block]
-                idx[rows, :k_needed] = _exact_rows(full_rows(rows + start), rows + start, k_needed)
+                idx[rows, :k_needed] = _exact_rows(_full_rows(x, rows + start), rows + start, k_needed)
     return idx[:, :k_needed]
 
 
