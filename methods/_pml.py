@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from benchmark.method import EmbeddingLossMethod, ParamGroup, TaskInfo
+from benchmark.method import EmbeddingLossMethod, ParamGroup, TaskInfo, fp32_loss, to_fp32
 
 
 class PmlLossMethod(EmbeddingLossMethod):
@@ -49,8 +49,9 @@ class PmlLossMethod(EmbeddingLossMethod):
         ]
 
     def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        # Similarities in fp32 even under the engine's bf16 autocast (margins of 0.01-0.4 on cosines need the digits).
-        with torch.autocast(embeddings.device.type, enabled=False):
-            embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+        # Similarities in fp32 even under the engine's bf16 autocast (margins of 0.01-0.4 on cosines need the digits),
+        # also when the loss is called directly rather than through training_step.
+        with fp32_loss(embeddings):
+            embeddings = to_fp32(embeddings)
             indices = self.miner(embeddings, labels) if self.miner is not None else None
             return self.criterion(embeddings, labels, indices)
