@@ -26,10 +26,10 @@ A minimal plugin, saved as ``methods/my_loss.py``::
             ...
 
 What a plugin may import from the suite: this module (``Method``, ``EmbeddingLossMethod``, ``MethodConfig``,
-``ParamGroup``, ``TaskInfo``, ``fp32_loss``, ``to_fp32``), ``benchmark.registry`` (``register_method``) and the public helpers in
-:data:`PUBLIC_HELPERS`: ``benchmark.backbones.mllm`` (``load_supervisor``, ``VisionTokens``, ``MLLM_TOWERS``) for
-methods that talk to a multimodal LLM. Nothing else: the engine, data, evaluation and files are not a method's
-business (``tests/test_layout.py`` checks every plugin in ``methods/``).
+``ParamGroup``, ``TaskInfo``, ``fp32_loss``, ``to_fp32``), ``benchmark.registry`` (``register_method``) and the public
+helpers in :data:`PUBLIC_HELPERS`: ``benchmark.backbones.mllm`` (``load_supervisor``, ``VisionTokens``,
+``MLLM_TOWERS``) for methods that talk to a multimodal LLM. Nothing else: the engine, data, evaluation and files are
+not a method's business (``tests/test_layout.py`` checks every plugin in ``methods/``).
 """
 
 from __future__ import annotations
@@ -62,6 +62,10 @@ class ParamGroup:
     when set, is an *absolute* learning rate that replaces ``lr_mult x base`` (papers that state a value for these
     parameters alone, e.g. "centres at 1e-2", independent of the backbone's rate). Either way the engine's warm-up and
     cosine factor still apply, and the run record stores the group's values and source.
+
+    ``eps``, when set, is the Adam epsilon of this group alone (the engine's AdamW keeps its default for the encoder):
+    for official recipes whose rates only make sense with their epsilon, e.g. ProxyNCA++'s proxies at lr 4e2 with
+    Adam's eps = 1 (with eps = 1e-8 every proxy coordinate moves by about the learning rate on the first step).
     """
 
     name: str
@@ -70,11 +74,16 @@ class ParamGroup:
     weight_decay: float | None = None  # None: the engine's weight decay
     source: str = ""  # where the multiplier (or absolute rate) comes from (paper section or official code)
     lr: float | None = None  # absolute learning rate; None: lr_mult x the engine's base rate
+    eps: float | None = None  # Adam epsilon for this group; None: the engine optimiser's default (1e-8)
 
     def __post_init__(self) -> None:
         if self.lr is not None and not self.lr > 0:
             raise ValueError(
                 f"ParamGroup '{self.name}': an absolute lr must be > 0 (or None to use lr_mult); got {self.lr}."
+            )
+        if self.eps is not None and not self.eps > 0:
+            raise ValueError(
+                f"ParamGroup '{self.name}': Adam's eps must be > 0 (or None for the engine's default); got {self.eps}."
             )
 
 

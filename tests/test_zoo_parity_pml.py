@@ -201,3 +201,38 @@ def test_pml_losses_are_computed_in_fp32_under_bf16_autocast(name):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = method.loss(x, y)
     assert under_autocast.item() == pytest.approx(method.loss(x, y).item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- layer norm before the head (ProxyNCA++, NormSoftmax)
+
+
+class _LinearHeadEncoder(torch.nn.Module):
+    """An encoder whose pooled features are the input rows, with a linear head (as the engine's ``Encoder``)."""
+
+    def __init__(self, dim: int = 6, out: int = 4) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(dim, out).double()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.features(images)), dim=-1)
+
+
+@pytest.mark.parametrize("name", ["proxynca_pp", "norm_softmax"])
+def test_layer_norm_without_affine_on_pooled_features_before_the_head(name):
+    # ProxyNCA++ official networks.py (LayerNorm(2048, elementwise_affine=False) after pooling); NormSoftmax paper.
+    torch.manual_seed(0)
+    encoder = _LinearHeadEncoder()
+    x, _ = _fixed_inputs()
+    x = x * 3 + 0.5  # pooled features are not centred
+    method = _method(name, num_classes=3, dim=4)
+    standardised = (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    expected = F.normalize(encoder.head(standardised), dim=-1)
+    torch.testing.assert_close(method.embed(x, encoder), expected)
+    assert not torch.allclose(method.embed(x, encoder), encoder(x), atol=1e-3)
+    # A per-image affine change of the pooled features leaves the embedding alone (up to LayerNorm's 1e-5).
+    torch.testing.assert_close(method.embed(4 * x - 1, encoder), method.embed(x, encoder), rtol=1e-4, atol=1e-4)
+    plain = _method(name, num_classes=3, dim=4, layer_norm=False)
+    torch.testing.assert_close(plain.embed(x, encoder), encoder(x))
