@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from benchmark.method import EmbeddingLossMethod, ParamGroup, TaskInfo
+from benchmark.method import EmbeddingLossMethod, ParamGroup, TaskInfo, fp32_loss, to_fp32
 
 
 class PmlLossMethod(EmbeddingLossMethod):
@@ -16,7 +17,8 @@ class PmlLossMethod(EmbeddingLossMethod):
     Subclasses implement :meth:`build_criterion` (and :meth:`build_miner`). A loss with learnable class weights
     (proxies, centres) exposes them as one parameter group at ``cfg.proxy_lr_mult`` (the paper's ratio, cited in
     :attr:`proxy_lr_source`), or at the absolute ``cfg.proxy_lr`` where the paper gives a rate of its own for them
-    (it then replaces the multiplier), with ``proxy_weight_decay`` (None: the engine's).
+    (it then replaces the multiplier), with ``proxy_weight_decay`` (None: the engine's) and Adam's epsilon
+    ``cfg.proxy_eps`` where the official optimiser sets one (None: the engine's AdamW default).
     """
 
     proxy_lr_source: ClassVar[str] = ""
@@ -45,12 +47,22 @@ class PmlLossMethod(EmbeddingLossMethod):
                 lr=None if getattr(self.cfg, "proxy_lr", None) is None else float(self.cfg.proxy_lr),
                 weight_decay=self.proxy_weight_decay,
                 source=self.proxy_lr_source,
+                eps=None if getattr(self.cfg, "proxy_eps", None) is None else float(self.cfg.proxy_eps),
             )
         ]
 
+    def embed(self, images: torch.Tensor, encoder: Any) -> torch.Tensor:
+        """The encoder's embedding; with ``cfg.layer_norm`` (ProxyNCA++, NormSoftmax), the pooled features are
+        layer-normalised (no affine parameters) before the encoder's head, as those papers' networks do."""
+        if not getattr(self.cfg, "layer_norm", False):
+            return super().embed(images, encoder)
+        feats = encoder.features(images)
+        return F.normalize(to_fp32(encoder.head(F.layer_norm(feats, feats.shape[-1:]))), dim=-1)
+
     def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        # Similarities in fp32 even under the engine's bf16 autocast (margins of 0.01-0.4 on cosines need the digits).
-        with torch.autocast(embeddings.device.type, enabled=False):
-            embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+        # Similarities in fp32 even under the engine's bf16 autocast (margins of 0.01-0.4 on cosines need the digits),
+        # also when the loss is called directly rather than through training_step.
+        with fp32_loss(embeddings):
+            embeddings = to_fp32(embeddings)
             indices = self.miner(embeddings, labels) if self.miner is not None else None
             return self.criterion(embeddings, labels, indices)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.method import Method, MethodConfig, ParamGroup, TaskInfo
+from benchmark.method import Method, MethodConfig, ParamGroup, TaskInfo, fp32_loss, to_fp32
 from benchmark.registry import register_method
 
 #: The official README configs (ResNet-50, 512-d) per dataset; "default" is the official train.py argparse default.
@@ -165,7 +165,9 @@ class HIST(Method):
         return {"loss": dist_loss + self.cfg.lambda_s * ce, "distribution_loss": dist_loss, "hgnn_ce": ce}
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, encoder: Any) -> dict[str, Any]:
-        out = self.hist_loss(self._raw_embedding(images, encoder), labels)
+        x = self._raw_embedding(images, encoder)
+        with fp32_loss(x):  # the losses in fp32 even under the engine's bf16 autocast (Mahalanobis, HGNN, softmax)
+            out = self.hist_loss(to_fp32(x), labels)
         return {
             "loss": out["loss"],
             "distribution_loss": out["distribution_loss"].detach(),

@@ -20,7 +20,13 @@ not what the engine scores.)
 Engine settings of the official recipe (``recommended``, applied by the engine, not here): ``vit_small_patch16_224``
 with CLS pooling, a 128-d head, mean = std = 0.5 normalisation, RandomResizedCrop(224, scale=(0.2, 1), bicubic) +
 flip for training, bicubic resize 224 (256 on CUB) + centre crop 224 for testing, AdamW at 3e-5 (ViT-S), gradient
-clipping at norm 3, batches of P classes x K images (K = 9 on CUB/Cars, 2 on SOP), patch embedding frozen.
+clipping at norm 3, batches of P classes x K images (K = 9 on CUB/Cars, 2 on SOP).
+
+Not reproduced here: the official code freezes the ViT's patch embedding (htdt/hyp_metric@c89de04 ``train.py`` line 37,
+``freeze: int = 0`` -> ``model.py`` lines 58-66 set ``requires_grad = False`` on ``patch_embed`` and ``pos_drop``);
+the engine has no setting for freezing part of a backbone, so the patch embedding trains with the rest of the encoder.
+The official head's orthogonal initialisation (``model.py`` line 26) is also not reproduced: the engine's embedding
+head is initialised as for every method.
 
 The Poincare-ball maths (exponential map at 0, projection, Mobius addition, distance) is written here by hand
 after the official ``hyptorch/pmath.py``, so that no extra dependency is needed; a parity test checks it against

@@ -1,9 +1,11 @@
 """NormSoftmax, normalised softmax with temperature (Zhai, Wu. "Classification is a Strong Baseline for Deep Metric
 Learning". BMVC 2019), through pytorch-metric-learning's ``NormalizedSoftmaxLoss``.
 
-Paper default: temperature 0.05 (pml's default is the same). The paper's layer normalisation of the
-embedding and its class-balanced sampling belong to the engine (``backbone``/``sampler`` settings). The class
-weights train at the base learning rate (multiplier 1; the paper states no separate rate).
+Paper default: temperature 0.05 (pml's default is the same). The paper's layer normalisation (no affine parameters,
+right after the backbone's final pooling layer) is this method's own step: with ``layer_norm=true`` (the default) the
+encoder's pooled features are layer-normalised before the encoder's head, in training and for the retrieval
+embeddings. The paper's class-balanced sampling is the engine's m-per-class sampler (``train.m_per_class``), the same
+for every method. The class weights train at the base learning rate (multiplier 1; the paper states no separate rate).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class NormSoftmaxConfig(MethodConfig):
     name: str = "norm_softmax"
     temperature: float = 0.05  # paper's temperature
     proxy_lr_mult: float = 1.0  # class weights at the base rate (paper states no separate rate)
+    layer_norm: bool = True  # paper: layer normalisation without affine parameters after the final pooling layer
 
 
 @register_method

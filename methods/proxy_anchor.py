@@ -1,19 +1,21 @@
 """Proxy Anchor loss (Kim, Kim, Cho, Kwak: "Proxy Anchor Loss for Deep Metric Learning", CVPR 2020).
 
 Through pytorch-metric-learning's ``ProxyAnchorLoss`` (Eq. 4 of the paper; parity with the official code's
-``Proxy_Anchor`` in tests/test_proxy_anchor_parity.py). One proxy per class, trained at 100x the base learning
-rate as in the official code (``train.py``: ``'lr': float(args.lr) * args.lr_mult`` with ``--lr-mult 100``).
+``Proxy_Anchor`` in tests/test_first_methods.py), computed in fp32 under the engine's bf16 autocast (the
+shared ``methods/_pml.py`` plumbing). One proxy per class, trained at 100x the base learning rate as in the official
+code (``train.py``: ``'lr': float(args.lr) * args.lr_mult`` with ``--lr-mult 100``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from pytorch_metric_learning import losses
+from torch import nn
 
-from benchmark.method import EmbeddingLossMethod, MethodConfig, ParamGroup
+from benchmark.method import MethodConfig
 from benchmark.registry import register_method
+from methods._pml import PmlLossMethod
 
 
 @dataclass
@@ -25,7 +27,7 @@ class ProxyAnchorConfig(MethodConfig):
 
 
 @register_method
-class ProxyAnchor(EmbeddingLossMethod):
+class ProxyAnchor(PmlLossMethod):
     """Proxy Anchor: each proxy is an anchor pulling its class's embeddings and pushing the others' (Eq. 4)."""
 
     name = "proxy_anchor"
@@ -33,23 +35,13 @@ class ProxyAnchor(EmbeddingLossMethod):
     year = 2020
     url = "https://arxiv.org/abs/2003.13911"
     config_class = ProxyAnchorConfig
+    proxy_lr_source = "Proxy Anchor official train.py: proxies at lr * lr_mult, lr_mult = 100"
 
-    def __init__(self, cfg, task) -> None:
-        super().__init__(cfg, task)
+    def build_criterion(self) -> nn.Module:
         # pml initialises proxies with kaiming_normal_(mode="fan_out"), as the official code does.
-        self.criterion = losses.ProxyAnchorLoss(
-            num_classes=task.num_classes, embedding_size=task.embedding_dim, margin=cfg.margin, alpha=cfg.alpha
+        return losses.ProxyAnchorLoss(
+            num_classes=self.task.num_classes,
+            embedding_size=self.task.embedding_dim,
+            margin=self.cfg.margin,
+            alpha=self.cfg.alpha,
         )
-
-    def param_groups(self) -> list[ParamGroup]:
-        return [
-            ParamGroup(
-                "proxies",
-                list(self.criterion.parameters()),
-                lr_mult=self.cfg.proxy_lr_mult,
-                source="Proxy Anchor official train.py: proxies at lr * lr_mult, lr_mult = 100",
-            )
-        ]
-
-    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.criterion(embeddings, labels)

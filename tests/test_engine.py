@@ -36,6 +36,7 @@ def test_run_writes_a_complete_record(tiny_overrides):
         "weight_decay": None,
         "absolute_lr": None,
         "lr": pytest.approx(100.0 * on_disk["config"]["train"]["lr"]),
+        "eps": None,  # AdamW's default
         "source": "Proxy Anchor official train.py: proxies at lr * lr_mult, lr_mult = 100",
     }
     assert len(on_disk["protocol"]["hash"]) == 12 and on_disk["git"]["sha"]

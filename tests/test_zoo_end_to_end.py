@@ -30,3 +30,17 @@ def test_zoo_method_completes_a_run_and_records_its_multipliers(tiny_overrides, 
     assert {name: g["lr"] for name, g in recorded.items()} == pytest.approx(expected_lr)
     assert all(g["source"] for g in recorded.values())
     assert 0.0 <= record["metrics"]["test"]["recall@1"] <= 1.0
+
+
+@pytest.mark.parametrize("method,eps", [("proxynca_pp", 1.0), ("soft_triple", 0.01)])
+def test_official_adam_eps_reaches_the_engine_optimizer_and_the_record(tiny_overrides, method, eps):
+    from benchmark.engine.trainer import Trainer
+
+    cfg = compose_config(tiny_overrides + [f"method={method}", "train.epochs=1"])
+    trainer = Trainer(cfg)
+    by_name = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert by_name["proxies"]["eps"] == eps
+    assert by_name["backbone"]["eps"] == 1e-8  # the encoder keeps the engine's AdamW settings
+    record, _ = run(cfg)
+    (group,) = record["method_info"]["param_groups"]
+    assert group["eps"] == eps and "eps" in group["source"]

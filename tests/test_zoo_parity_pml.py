@@ -49,16 +49,37 @@ def _avg_nonzero(values):
     return sum(nonzero) / len(nonzero) if nonzero else torch.tensor(0.0, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("squared", [False, True])
-def test_contrastive_matches_its_equation(squared):
+def _contrastive_by_hand(form: str, x: torch.Tensor, y: torch.Tensor, m: float = 1.0) -> float:
+    """Each form's per-pair terms, written out here; pml's reduction (mean over non-zero pairs, per term)."""
+    _, d, pos, neg = _pair_stats(x, y)
+    if form == "hadsell":  # Hadsell et al. Eq. 4: L_S = 1/2 D^2, L_D = 1/2 max(0, m - D)^2
+        pos_terms = [0.5 * d[i, j] ** 2 for i, j in pos]
+        neg_terms = [0.5 * torch.relu(m - d[i, j]) ** 2 for i, j in neg]
+    elif form == "hinge":  # unsquared: D and max(0, m - D)
+        pos_terms = [d[i, j] for i, j in pos]
+        neg_terms = [torch.relu(m - d[i, j]) for i, j in neg]
+    else:  # hinges on the squared distance: D^2 and max(0, m - D^2)
+        pos_terms = [d[i, j] ** 2 for i, j in pos]
+        neg_terms = [torch.relu(m - d[i, j] ** 2) for i, j in neg]
+    return float(_avg_nonzero(pos_terms) + _avg_nonzero(neg_terms))
+
+
+@pytest.mark.parametrize("form", ["hadsell", "hinge", "hinge_on_squared_distance"])
+def test_contrastive_forms_match_their_equations(form):
     x, y = _fixed_inputs()
-    method = _method("contrastive", squared=squared)
-    _, dist, pos, neg = _pair_stats(x, y)
-    d = dist**2 if squared else dist
-    expected = _avg_nonzero([torch.relu(d[i, j] - 0.0) for i, j in pos]) + _avg_nonzero(
-        [torch.relu(1.0 - d[i, j]) for i, j in neg]
-    )
-    assert method.loss(x, y).item() == pytest.approx(float(expected), rel=1e-9)
+    method = _method("contrastive", form=form)
+    assert method.loss(x, y).item() == pytest.approx(_contrastive_by_hand(form, x, y), rel=1e-9)
+
+
+def test_contrastive_default_is_hadsells_form_and_differs_from_the_squared_distance_hinge():
+    x, y = _fixed_inputs()
+    method = _method("contrastive")
+    assert method.cfg.form == "hadsell"
+    hadsell, other = _contrastive_by_hand("hadsell", x, y), _contrastive_by_hand("hinge_on_squared_distance", x, y)
+    assert abs(hadsell - other) > 0.05 * abs(other)  # the two forms are not the same loss on this input
+    assert method.loss(x, y).item() == pytest.approx(hadsell, rel=1e-9)
+    with pytest.raises(ValueError, match="use one of hadsell, hinge, hinge_on_squared_distance"):
+        _method("contrastive", form="squared")
 
 
 def test_triplet_semihard_matches_facenet_equations():
@@ -201,3 +222,38 @@ def test_pml_losses_are_computed_in_fp32_under_bf16_autocast(name):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = method.loss(x, y)
     assert under_autocast.item() == pytest.approx(method.loss(x, y).item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- layer norm before the head (ProxyNCA++, NormSoftmax)
+
+
+class _LinearHeadEncoder(torch.nn.Module):
+    """An encoder whose pooled features are the input rows, with a linear head (as the engine's ``Encoder``)."""
+
+    def __init__(self, dim: int = 6, out: int = 4) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(dim, out).double()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.features(images)), dim=-1)
+
+
+@pytest.mark.parametrize("name", ["proxynca_pp", "norm_softmax"])
+def test_layer_norm_without_affine_on_pooled_features_before_the_head(name):
+    # ProxyNCA++ official networks.py (LayerNorm(2048, elementwise_affine=False) after pooling); NormSoftmax paper.
+    torch.manual_seed(0)
+    encoder = _LinearHeadEncoder()
+    x, _ = _fixed_inputs()
+    x = x * 3 + 0.5  # pooled features are not centred
+    method = _method(name, num_classes=3, dim=4)
+    standardised = (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    expected = F.normalize(encoder.head(standardised), dim=-1)
+    torch.testing.assert_close(method.embed(x, encoder), expected)
+    assert not torch.allclose(method.embed(x, encoder), encoder(x), atol=1e-3)
+    # A per-image affine change of the pooled features leaves the embedding alone (up to LayerNorm's 1e-5).
+    torch.testing.assert_close(method.embed(4 * x - 1, encoder), method.embed(x, encoder), rtol=1e-4, atol=1e-4)
+    plain = _method(name, num_classes=3, dim=4, layer_norm=False)
+    torch.testing.assert_close(plain.embed(x, encoder), encoder(x))

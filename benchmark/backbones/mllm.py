@@ -6,15 +6,18 @@ ablation: ``OpenGVLab/InternVL3_5-8B-HF``), a local directory holding such a che
 
 The backbone returns the tokens that fill the image positions of the MLLM's input, ``B×N×D`` with ``D`` the
 language model's width: Qwen3-VL's post-merger tokens (``N = (H/32)·(W/32)``, 49 at 224², the SAGA paper's
-resolution) or InternVL's projected, pixel-shuffled tokens (``N = (H/28)²``, 64 at 224², 256 at 448²). Only the vision
-tower is loaded here; the language model is loaded on demand by :func:`load_supervisor` (SAGA's training-time
-supervisor), cached per name and kept outside every ``nn.Module`` tree, so it never enters an optimiser, a
-checkpoint or DDP, and evaluation never loads it.
+resolution) or InternVL's projected, pixel-shuffled tokens (``N = (H/28)²``, 256 at 448², the tile size InternVL's
+processor feeds and the size of InternViT's position table; other sizes interpolate the table, with a warning). The
+tower's weights are kept in fp32 whatever dtype the checkpoint stores (fp32 master weights for the optimiser; the
+engine's autocast runs the compute in bf16 on a GPU). Only the vision tower is loaded here; the language model is
+loaded on demand by :func:`load_supervisor` (SAGA's training-time supervisor), cached per name and kept outside every
+``nn.Module`` tree, so it never enters an optimiser, a checkpoint or DDP, and evaluation never loads it.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from benchmark.backbones._mllm_tiny import TINY_FAMILIES, TINY_QWEN, build_tiny_model, build_tiny_tokenizer
+from benchmark.backbones._qwen_attention import batched_vision_attention
 from benchmark.backbones.named import resolve_named_checkpoint
 from benchmark.engine.encoder import BackboneOutput, BackboneWeightsError, register_backbone
 
@@ -64,42 +68,6 @@ class VisionTokens:
         return VisionTokens(self.tokens.detach(), [d.detach() for d in self.deepstack], self.grid_thw)
 
 
-def _batched_vision_attention(attn: nn.Module, original: Any) -> Any:
-    """A Qwen3-VL vision attention forward that runs equal-length images as one batched SDPA call.
-
-    Hand-written: on non-flash backends Hugging Face's ``Qwen3VLVisionAttention`` loops over the images of a batch
-    (one SDPA call per image and layer), which dominates a CPU step's backward; a batch of same-size images is a
-    plain ``B×H×L×d`` attention. Anything else (flash attention, mixed sizes) takes the original path. Equality with
-    the original is tested.
-    """
-    import torch.nn.functional as F
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
-
-    def forward(
-        hidden_states: torch.Tensor,
-        cu_seqlens: torch.Tensor,
-        position_embeddings: Any = None,
-        max_seqlen: int | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-        impl = attn.config._attn_implementation
-        if (
-            impl not in ("sdpa", "eager", None)
-            or bool(lengths.min() != lengths.max())
-            or kwargs.get("output_attentions")
-        ):
-            return original(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
-        n, length = hidden_states.shape[0], int(lengths[0])
-        q, k, v = attn.qkv(hidden_states).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-        q, k = apply_rotary_pos_emb_vision(q, k, *position_embeddings)
-        q, k, v = (x.reshape(n // length, length, attn.num_heads, -1).transpose(1, 2) for x in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v.to(q.dtype), scale=attn.scaling)
-        return attn.proj(out.transpose(1, 2).reshape(n, -1))
-
-    return forward
-
-
 class MLLMVisionTower(nn.Module):
     """A Qwen3-VL vision tower (patch embedding, ViT blocks, 2×2 merger, DeepStack mergers) on image tensors."""
 
@@ -107,7 +75,7 @@ class MLLMVisionTower(nn.Module):
         super().__init__()
         self.visual = visual
         for block in getattr(visual, "blocks", []):
-            block.attn.forward = _batched_vision_attention(block.attn, block.attn.forward)
+            block.attn.forward = batched_vision_attention(block.attn, block.attn.forward)
         self.mllm_name = mllm_name  # the supervisor that belongs to this tower (see load_supervisor)
         cfg = visual.config
         self.patch_size = int(cfg.patch_size)
@@ -155,7 +123,12 @@ class MLLMVisionTower(nn.Module):
 
 
 class InternVLVisionTower(nn.Module):
-    """InternVL's vision tower: InternViT, pixel shuffle (0.5) and the MLP projector into the LM (all trained)."""
+    """InternVL's vision tower: InternViT, pixel shuffle (0.5) and the MLP projector into the LM (all trained).
+
+    InternViT was trained on square tiles of ``vision_config.image_size`` (448 for InternVL3.5): at that size its
+    position table is used as it is (256 tokens per tile); any other size makes the library interpolate the table
+    bicubically, which the real processor never does, so the first such batch warns.
+    """
 
     def __init__(self, vision_tower: nn.Module, projector: nn.Module, config: Any, mllm_name: str) -> None:
         super().__init__()
@@ -167,10 +140,26 @@ class InternVLVisionTower(nn.Module):
         self.select_strategy = config.vision_feature_select_strategy
         patch = config.vision_config.patch_size
         self.patch_size = int(patch[0] if isinstance(patch, (list, tuple)) else patch)
+        size = config.vision_config.image_size
+        self.native_size = int(size[0] if isinstance(size, (list, tuple)) else size)  # the position table's tile
         self.out_dim = int(config.text_config.hidden_size)
+        self._warned_size = False
 
     def tokens_per_image(self, height: int, width: int) -> int:
         return int((height // self.patch_size) * (width // self.patch_size) * self.downsample_ratio**2)
+
+    def _warn_if_not_native(self, side: int) -> None:
+        if side == self.native_size or self._warned_size:
+            return
+        self._warned_size = True
+        native = self.native_size
+        warnings.warn(
+            f"InternVL's vision tower ({self.mllm_name}) was trained on {native}×{native} tiles "
+            f"({self.tokens_per_image(native, native)} tokens per image); fed {side}×{side} images, its position "
+            f"table is interpolated and each image gives {self.tokens_per_image(side, side)} tokens. Use "
+            f"data.image_size={native} to feed it as InternVL's processor does.",
+            stacklevel=3,
+        )
 
     def encode(self, images: torch.Tensor) -> VisionTokens:
         """InternVL's ``get_image_features`` on a batch (its pixel shuffle is the library's own function)."""
@@ -180,6 +169,7 @@ class InternVLVisionTower(nn.Module):
         step = int(self.patch_size / self.downsample_ratio)
         if h != w or h % step:
             raise ValueError(f"InternVL's tower needs square images with sides divisible by {step}; got {h}×{w}.")
+        self._warn_if_not_native(h)
         dtype = next(self.vision_tower.parameters()).dtype
         out = self.vision_tower(pixel_values=images.to(dtype), output_hidden_states=self.feature_layer != -1)
         feats = out.last_hidden_state if self.feature_layer == -1 else out.hidden_states[self.feature_layer]
@@ -272,12 +262,15 @@ def load_vision_tower(path: Path, name: str = "") -> nn.Module:
     if family == "qwen3_vl":
         from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
-        visual = Qwen3VLVisionModel._from_config(config.vision_config)
+        # dtype: fp32 master weights even where the checkpoint's vision_config says bfloat16 (AdamW must not update
+        # bf16 parameters); the loaded tensors are upcast by load_state_dict.
+        visual = Qwen3VLVisionModel._from_config(config.vision_config, dtype=torch.float32)
         visual.load_state_dict(_strip(state, VISION_PREFIXES[family]), strict=True)
         return MLLMVisionTower(visual, name or str(path))
     from transformers.models.internvl.modeling_internvl import InternVLMultiModalProjector, InternVLVisionModel
 
-    vision, projector = InternVLVisionModel._from_config(config.vision_config), InternVLMultiModalProjector(config)
+    vision = InternVLVisionModel._from_config(config.vision_config, dtype=torch.float32)  # fp32 master weights
+    projector = InternVLMultiModalProjector(config).float()
     vision.load_state_dict(_strip(state, ("model.vision_tower.", "vision_tower.")), strict=True)
     projector.load_state_dict(_strip(state, ("model.multi_modal_projector.", "multi_modal_projector.")), strict=True)
     return InternVLVisionTower(vision, projector, config, name or str(path))

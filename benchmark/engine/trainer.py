@@ -26,6 +26,7 @@ from benchmark.config import config_hash
 from benchmark.data.base import DatasetSplits, carve_validation, load_dataset
 from benchmark.engine import distributed
 from benchmark.engine.encoder import Encoder
+from benchmark.engine.optim import create_optimizer, method_optimizer_groups
 from benchmark.engine.pipeline import ImageDataset, ListBatchSampler, build_transforms, epoch_batches
 from benchmark.engine.record_writer import RecordWriter
 from benchmark.method import Method, TaskInfo
@@ -169,28 +170,8 @@ class Trainer:
         groups = [{"name": "backbone", "params": self._backbone_params, "lr_mult": 1.0}]
         if self.encoder.head_parameters():
             groups.append({"name": "embedding_head", "params": self.encoder.head_parameters(), "lr_mult": 1.0})
-        for group in self.method.param_groups():
-            # An absolute rate from the paper (group.lr) replaces lr_mult x base; the schedule's factor still applies.
-            lr = float(group.lr) if group.lr is not None else cfg.lr * group.lr_mult
-            groups.append(
-                {
-                    "name": group.name,
-                    "params": group.params,
-                    "lr_mult": group.lr_mult,
-                    "lr": lr,
-                    **({"weight_decay": group.weight_decay} if group.weight_decay is not None else {}),
-                }
-            )
-            self.param_group_info.append(
-                {
-                    "name": group.name,
-                    "lr_mult": group.lr_mult,
-                    "source": group.source,
-                    "weight_decay": group.weight_decay,
-                    "absolute_lr": group.lr,
-                    "lr": lr,
-                }
-            )
+        method_groups, self.param_group_info = method_optimizer_groups(self.method.param_groups(), cfg.lr)
+        groups += method_groups
         owned = {id(p) for g in groups for p in g["params"]}
         missed = [n for n, p in self.method.named_parameters() if p.requires_grad and id(p) not in owned]
         if missed:
@@ -201,7 +182,7 @@ class Trainer:
         for g in groups:
             g.setdefault("lr", cfg.lr * g["lr_mult"])
         self._optimised_params = [p for g in groups for p in g["params"]]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return create_optimizer(groups, cfg.lr, cfg.weight_decay)
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         # Linear warm-up then cosine decay to min_lr_ratio, per optimiser step (hand-written: torch's

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.method import fp32_loss, to_fp32
+
 METRIC_LOSSES = ("potential_field", "proxy_anchor", "multi_similarity")
 
 
@@ -47,8 +49,10 @@ class _PMLLoss(nn.Module):
         self.miner = miner
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        pairs = self.miner(embeddings, labels) if self.miner is not None else None
-        return self.loss(embeddings, labels, pairs) if pairs is not None else self.loss(embeddings, labels)
+        with fp32_loss(embeddings):  # similarities in fp32 even under the engine's bf16 autocast
+            embeddings = to_fp32(embeddings)
+            pairs = self.miner(embeddings, labels) if self.miner is not None else None
+            return self.loss(embeddings, labels, pairs) if pairs is not None else self.loss(embeddings, labels)
 
 
 def create_metric_loss(name: str, num_classes: int, embedding_dim: int, options: dict[str, Any]) -> nn.Module:
@@ -56,7 +60,8 @@ def create_metric_loss(name: str, num_classes: int, embedding_dim: int, options:
 
     SAGA states no hyperparameters for them (§7 item 15); the defaults are each loss's own paper's: Proxy Anchor
     alpha = 32, delta = 0.1 (Kim et al., 2020); Multi-Similarity alpha = 2, beta = 50, base = 0.5 with its miner,
-    epsilon = 0.1 (pytorch-metric-learning's defaults, Wang et al., 2019). ``options`` overrides them.
+    epsilon = 0.1 (the Proxy Anchor repository's re-implementation, ``code/losses.py``, which is also
+    pytorch-metric-learning's defaults; see methods/multi_similarity.py). ``options`` overrides them.
     """
     if name == "potential_field":
         try:
