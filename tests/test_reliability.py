@@ -134,6 +134,8 @@ def test_a_checkpoint_holds_only_tensors_and_plain_values(tiny_overrides):
 
     trainer = fresh_checkpoint([*tiny_overrides, "train.epochs=1"])
     trainer.save_checkpoint()
+    state = torch.load(trainer.run_dir / "checkpoints" / "last.pt", weights_only=True)  # no allowlist needed
+    assert torch.is_tensor(state["rng"]["numpy"]["keys"])
     expected = (torch.rand(3), np.random.rand(3), random.random())  # moves every generator on
     trainer.load_checkpoint(trainer.run_dir / "checkpoints" / "last.pt")
     again = (torch.rand(3), np.random.rand(3), random.random())
@@ -385,3 +387,11 @@ def test_a_corrupt_test_image_found_in_the_final_evaluation_fails_the_record(tin
     record = records.read_record(Trainer(compose_config(overrides)).run_dir)
     assert record["status"] == "failed" and str(bad) in record["error"]
     assert json.dumps(record)  # a valid record
+
+
+def test_a_backbone_checkpoint_that_would_run_code_is_refused(tiny_overrides, tmp_path, capsys):
+    marker, weights = tmp_path / "payload-ran", tmp_path / "weights.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "extra": WritesMarker(marker)}, weights)
+    rc, err = run_cli(["run", *tiny_overrides, f"backbone.checkpoint={weights}"], capsys)
+    assert not marker.exists()
+    assert_one_line_error(rc, err, f"backbone.checkpoint={weights}", "objects other than tensors", "nothing in it")

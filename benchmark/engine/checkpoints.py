@@ -104,16 +104,7 @@ def read(path: Path, device: torch.device | str = "cpu", config_hash: str | None
     try:
         state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as err:  # anything a user-supplied file can make torch.load raise: refuse it, in one line
-        text = str(err)
-        if "Weights only load failed" in text or "Unsupported global" in text:
-            found = next((line.strip() for line in text.splitlines() if "Unsupported global" in line), "")
-            reason = "it holds objects other than tensors and plain values, which are never loaded" + (
-                f" ({found.rstrip('.')})" if found else ""
-            )
-        else:
-            first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-            reason = f"it is truncated or not a checkpoint file ({first})"
-        raise CheckpointError(path, reason) from None
+        raise CheckpointError(path, load_error_reason(err)) from None
     if not isinstance(state, dict):
         raise CheckpointError(path, f"it holds a {type(state).__name__}, not a checkpoint of this benchmark")
     wrong = [k for k, kind in REQUIRED.items() if not isinstance(state.get(k), kind) or isinstance(state.get(k), bool)]
@@ -125,6 +116,18 @@ def read(path: Path, device: torch.device | str = "cpu", config_hash: str | None
             f"this config {config_hash}). Use another run_name or out_dir, or remove the directory."
         )
     return state
+
+
+def load_error_reason(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line (torch's own message is many lines)."""
+    text = str(err)
+    if "Weights only load failed" in text or "Unsupported global" in text:
+        found = next((line.strip() for line in text.splitlines() if "Unsupported global" in line), "")
+        return "it holds objects other than tensors and plain values, which are never loaded" + (
+            f" ({found.rstrip('.')})" if found else ""
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"it is truncated or not a checkpoint file ({first})"
 
 
 def remove_litter(run_dir: Path) -> list[Path]:
