@@ -240,9 +240,9 @@ class Trainer:
     def save_checkpoint(self, name: str = "last.pt") -> Path:
         """Write ``checkpoints/<name>`` atomically; weights holding NaN or inf are never written (TrainingError)."""
         path = self.run_dir / "checkpoints" / name
+        self.check_finite()  # on every rank (they hold the same weights), so that they all stop together
         if not self.dist.is_main:  # rank 0 writes; the ranks hold the same state
             return path
-        self.check_finite()
         checkpoints.write(self._state(), path)
         if name == "last.pt":
             self._saved = (self.epoch, self.step_in_epoch)
