@@ -313,6 +313,8 @@ def test_a_refused_run_writes_nothing(tiny_overrides, capsys, left):
     rc, err = run_cli(["run", *first, "train.lr=0.01"], capsys)
     assert_one_line_error(rc, err, "another config", "run_name")
     assert snapshot(run_dir) == before
+    rc, err = run_cli(["run", *first], capsys)  # its own config is still accepted (and resumes or is complete)
+    assert rc == 0, err
 
 
 # ----------------------------------------------------------------------------- 6. litter, a full disk

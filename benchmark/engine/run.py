@@ -45,8 +45,9 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     config.yaml or checkpoint) and an unusable checkpoint are refused first (``force=true`` moves a run whose
     checkpoint cannot be used aside, as it does a finished one).
     """
-    from benchmark.engine.control import stop_on_signals
+    from benchmark.engine.control import clear_stop, stop_on_signals
 
+    clear_stop()  # a request left over from an earlier run in this process is not this run's
     with stop_on_signals():  # from here on, SIGTERM / Ctrl-C stop the run at its next step, checkpointed
         return _run(cfg)
 
