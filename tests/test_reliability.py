@@ -397,3 +397,39 @@ def test_a_backbone_checkpoint_that_would_run_code_is_refused(tiny_overrides, tm
     rc, err = run_cli(["run", *tiny_overrides, f"backbone.checkpoint={weights}"], capsys)
     assert not marker.exists()
     assert_one_line_error(rc, err, f"backbone.checkpoint={weights}", "objects other than tensors", "nothing in it")
+
+
+def _weights_only_round_trip(module: torch.nn.Module, tmp_path: Path) -> dict:
+    path = tmp_path / "state.pt"
+    torch.save(module.state_dict(), path)
+    return torch.load(path, weights_only=True)
+
+
+def _method_names() -> list[str]:
+    from benchmark.registry import list_methods
+
+    return sorted(list_methods())
+
+
+@pytest.mark.parametrize("name", _method_names())
+def test_every_method_state_loads_weights_only(name, tmp_path):
+    """A method's checkpoint part (parameters, buffers, extra state such as SAGA's random streams) after a training
+    step holds only what the weights-only unpickler accepts, and loads back into a fresh instance."""
+    from benchmark.registry import list_methods
+
+    if getattr(list_methods()[name], "needs_mllm", False):
+        from tests._saga_common import _batch, _encoder, _method
+
+        encoder = _encoder()
+        method, fresh = _method(encoder), _method(encoder, seed=5)
+    else:
+        from tests.test_registry_methods import _batch, _build
+
+        _, method, encoder = _build(name)
+        _, fresh, _ = _build(name)
+    images, labels = _batch()
+    if method.trains:
+        method.train()
+        method.training_step(images, labels, encoder)
+    fresh.load_state_dict(_weights_only_round_trip(method, tmp_path))
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in method.state_dict().items() if torch.is_tensor(v))
