@@ -297,13 +297,6 @@ class Trainer:
         if self._resumed:
             return
         self._resumed = True
-        if self.dist.is_main and self.run_dir.is_dir():
-            litter = checkpoints.remove_litter(self.run_dir)
-            if litter:
-                print(
-                    f"Removed {len(litter)} temporary file(s) left by an interrupted write: "
-                    f"{', '.join(p.name for p in litter)}"
-                )
         checkpoint = self.run_dir / "checkpoints" / "last.pt"
         if checkpoint.exists():
             self.load_checkpoint(checkpoint)
@@ -311,6 +304,13 @@ class Trainer:
             if self.best.get("epoch") is not None and best.exists():
                 checkpoints.read(best, "cpu", config_hash(self.cfg), mmap=True)
             print(f"Resuming {self.run_dir} from epoch {self.epoch} step {self.step_in_epoch}.", flush=True)
+        if self.dist.is_main and self.run_dir.is_dir():  # accepted: only now is anything in the directory touched
+            litter = checkpoints.remove_litter(self.run_dir)
+            if litter:
+                print(
+                    f"Removed {len(litter)} temporary file(s) left by an interrupted write: "
+                    f"{', '.join(p.name for p in litter)}"
+                )
 
     def _stop(self, where: str) -> StopRequested:
         signum = clear_stop()  # handled: a later run in this process starts clean
