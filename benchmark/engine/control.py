@@ -55,7 +55,8 @@ def _on_signal(signum: int, frame: Any) -> None:
     _STOP["requested"], _STOP["signal"] = True, signum
     # os.write, not print: a signal can arrive while the main thread is printing to the same stream.
     os.write(
-        2, f"\nReceived {name}: writing a checkpoint at the next step, then stopping (again to stop now).\n".encode()
+        2,
+        f"\nReceived {name}: writing a checkpoint at the next step, then stopping (a second signal stops at once).\n".encode(),
     )
 
 
