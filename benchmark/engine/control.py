@@ -54,10 +54,10 @@ def _on_signal(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"{name} received twice")
     _STOP["requested"], _STOP["signal"] = True, signum
     # os.write, not print: a signal can arrive while the main thread is printing to the same stream.
-    os.write(
-        2,
-        f"\nReceived {name}: writing a checkpoint at the next step, then stopping (a second signal stops at once).\n".encode(),
+    message = (
+        f"\nReceived {name}: writing a checkpoint at the next step, then stopping (a second signal stops at once)."
     )
+    os.write(2, (message + "\n").encode())
 
 
 @contextlib.contextmanager
