@@ -67,6 +67,8 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimiser step
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     steps_per_epoch: int | None = None  # None: len(train) // batch_size
+    # Steps between mid-epoch checkpoints (0: only at epoch ends). SIGTERM / Ctrl-C always checkpoint at the next step.
+    checkpoint_every: int = 0
     deterministic: bool = (
         True  # CUDA: deterministic kernels (bit-identical reruns; slower). CPU is deterministic anyway
     )
@@ -123,6 +125,7 @@ NON_RESULT_KEYS = (
     "train.tensorboard",
     "train.log_every",
     "train.progress",
+    "train.checkpoint_every",  # when checkpoints are written, not what is trained (a resumed run ends the same)
     "eval.batch_size",
     "eval.backend",
     "eval.attribute_probe",  # an extra measurement on the same model: same run, and older runs keep their hash
@@ -225,6 +228,11 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.train.batch_size % cfg.train.m_per_class:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} must be a multiple of train.m_per_class={cfg.train.m_per_class}."
+        )
+    if not cfg.train.checkpoint_every >= 0:
+        raise ConfigError(
+            f"train.checkpoint_every={cfg.train.checkpoint_every} must be 0 (checkpoint only at epoch ends) or a "
+            "positive number of steps between checkpoints."
         )
     if cfg.eval.selection == "val" and not cfg.dataset.val_fraction > 0:
         raise ConfigError("eval.selection=val needs dataset.val_fraction > 0 (or choose eval.selection=last).")

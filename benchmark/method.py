@@ -100,7 +100,12 @@ class TaskInfo:
 
 
 class Method(nn.Module):
-    """Base class of every method plugin. Subclasses set the class attributes and implement ``training_step``."""
+    """Base class of every method plugin. Subclasses set the class attributes and implement ``training_step``.
+
+    The method's ``state_dict`` (extra state included, e.g. random streams) goes into the run's checkpoints, which
+    are read with ``torch.load(weights_only=True)``: it may hold tensors and plain values (numbers, strings, lists,
+    tuples, dicts) only — convert anything else (a numpy array: ``torch.from_numpy`` or ``.tolist()``).
+    """
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""  # full citation: authors, title, venue

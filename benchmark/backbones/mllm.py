@@ -350,16 +350,17 @@ def load_supervisor(name: str) -> Supervisor:
         path = resolve_checkpoint_dir(name)
         family = family_of(AutoConfig.from_pretrained(path), name)
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        # use_safetensors: weights are read as tensors only, never unpickled (as the vision tower's, above).
         if family == "qwen3_vl":
             from transformers import Qwen3VLForConditionalGeneration
 
-            model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+            model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=dtype, use_safetensors=True)
             model.model.visual = nn.Identity()  # the encoder's own tower replaces it (tokens are passed in)
             kwargs: dict[str, Any] = {"size": dict(PROCESSOR_SIZE)}
         else:
             from transformers import InternVLForConditionalGeneration
 
-            model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+            model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype, use_safetensors=True)
             model.model.vision_tower, model.model.multi_modal_projector = nn.Identity(), nn.Identity()
             kwargs = {}
         try:

@@ -103,13 +103,23 @@ def build_timm_backbone(cfg: Any) -> BackboneOutput:
         kwargs["img_size"] = cfg.img_size
     try:
         model = timm.create_model(cfg.name, pretrained=pretrained, **kwargs)
-    except RuntimeError as err:
-        if "Unknown model" in str(err):
+    except Exception as err:  # network, hub and file errors come in many types
+        if isinstance(err, RuntimeError) and "Unknown model" in str(err):
             names = timm.list_models()
             raise UnknownNameError(suggest(cfg.name, names, "timm backbone")) from None
-        raise
-    except Exception as err:  # network and hub errors come in many types
-        if pretrained and not cfg.checkpoint:
+        if cfg.checkpoint:  # timm reads it weights-only (safetensors, or torch.load(weights_only=True))
+            from benchmark.engine.checkpoints import load_error_reason
+
+            if "Weights only" in str(err) or "Unsupported global" in str(err):
+                reason = load_error_reason(err)
+            else:
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise BackboneWeightsError(
+                f"backbone.checkpoint={cfg.checkpoint} could not be loaded into '{cfg.name}': {reason}. Expected a "
+                "weights file of this model (model.safetensors, or a PyTorch state dict of tensors); nothing in it "
+                "was run."
+            ) from None
+        if pretrained:
             raise BackboneWeightsError(
                 f"Could not fetch pretrained weights for '{cfg.name}' ({type(err).__name__}: {err}). "
                 "Without network access, download the weights elsewhere (e.g. the model's Hugging Face page, "

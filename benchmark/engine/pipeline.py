@@ -74,6 +74,26 @@ def open_image(item: str | np.ndarray) -> Image.Image:
         ) from err
 
 
+def unwrap_worker_errors(loader: torch.utils.data.DataLoader):
+    """Iterate ``loader``; a DatasetError raised in a worker process comes back as its own one-line message.
+
+    (Hand-written: torch re-raises a worker's exception with the worker's traceback prepended to the message.)
+    """
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except DatasetError as err:
+            text = str(err).strip()
+            if "Original Traceback" not in text:
+                raise
+            last = text.splitlines()[-1]
+            raise DatasetError(last.split(": ", 1)[1] if ": " in last else last) from None
+        yield batch
+
+
 class ImageDataset(Dataset):
     """A split as (image tensor, label) pairs; labels are remapped to 0..C-1 by ``label_map``.
 

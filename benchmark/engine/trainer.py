@@ -3,8 +3,8 @@ and model selection; a method contributes its loss and parameter groups only.
 
 A run lives in ``<out_dir>/<dataset>/<method>/<run_name>`` (run_name defaults to the config hash and seed, so
 starting the same run again resumes it from its latest checkpoint). Checkpoints are written atomically at every
-epoch (and when a stop is requested, e.g. by SLURM's pre-emption signal); ``record.json`` is rewritten atomically
-as the run progresses.
+epoch, every ``train.checkpoint_every`` steps, and when a stop is requested (SIGTERM, Ctrl-C, SLURM's pre-emption
+signal; see :mod:`benchmark.engine.control`); ``record.json`` is rewritten atomically as the run progresses.
 """
 
 from __future__ import annotations
@@ -24,29 +24,29 @@ from omegaconf import DictConfig
 
 from benchmark.config import config_hash
 from benchmark.data.base import DatasetSplits, carve_validation, load_dataset
-from benchmark.engine import distributed
+from benchmark.engine import checkpoints, distributed
+from benchmark.engine.checkpoints import CheckpointError
+from benchmark.engine.control import (  # noqa: F401 (re-exported: the sweeps and tests import them from here)
+    _STOP,
+    StopRequested,
+    TrainingError,
+    clear_stop,
+    ignore_stop_signals_in_worker,
+    request_stop,
+    stop_on_signals,
+)
 from benchmark.engine.encoder import Encoder
 from benchmark.engine.optim import create_optimizer, method_optimizer_groups
-from benchmark.engine.pipeline import ImageDataset, ListBatchSampler, build_transforms, epoch_batches
+from benchmark.engine.pipeline import (
+    ImageDataset,
+    ListBatchSampler,
+    build_transforms,
+    epoch_batches,
+    unwrap_worker_errors,
+)
 from benchmark.engine.record_writer import RecordWriter
 from benchmark.method import Method, TaskInfo
 from benchmark.registry import get_method
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (NaN loss, a checkpoint from another config); the record says why."""
-
-
-class StopRequested(RuntimeError):
-    """Raised after a checkpoint was written because a stop was requested (pre-emption, time limit)."""
-
-
-_STOP = {"requested": False}
-
-
-def request_stop(*_: Any) -> None:
-    """Ask the running trainer to checkpoint at the next step and stop (usable as a signal handler)."""
-    _STOP["requested"] = True
 
 
 def seed_everything(seed: int, deterministic_cuda: bool = True, device: torch.device | None = None) -> None:
@@ -163,6 +163,9 @@ class Trainer:
         self.optimizer = self._build_optimizer() if self.method_cls.trains else None
         self.scheduler = self._build_scheduler() if self.optimizer else None
         self.writer = None
+        self._resumed = False
+        self._final_eval = False  # a stop during the final evaluation stops at once (last.pt holds the training)
+        self._saved: tuple[int, int] | None = None  # (epoch, step) of the last.pt this run holds
 
     # ----------------------------------------------------------------- optimisation
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -212,37 +215,91 @@ class Trainer:
             "history": self.history,
             "best": self.best,
             "epoch_sums": self.epoch_sums,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": checkpoints.rng_state(),
         }
 
     def save_checkpoint(self, name: str = "last.pt") -> Path:
+        """Write ``checkpoints/<name>`` atomically; weights holding NaN or inf are never written (TrainingError)."""
         path = self.run_dir / "checkpoints" / name
+        self.check_finite()  # on every rank (they hold the same weights), so that they all stop together
         if not self.dist.is_main:  # rank 0 writes; the ranks hold the same state
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self._state(), tmp)
-        os.replace(tmp, path)
+        checkpoints.write(self._state(), path)
+        if name == "last.pt":
+            self._saved = (self.epoch, self.step_in_epoch)
         return path
 
-    def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state["config_hash"] != config_hash(self.cfg):
+    def check_finite(self) -> None:
+        """Raise a TrainingError saying what is kept if the weights hold NaN or infinite values."""
+        bad = checkpoints.non_finite_count(self.encoder.state_dict(), self.method.state_dict())
+        if bad:
             raise TrainingError(
-                f"Checkpoint {path} was written by a run with another config (hash {state['config_hash']}, "
-                f"this config {config_hash(self.cfg)}). Use another run_name or out_dir, or remove the directory."
+                f"The weights hold {bad} NaN or infinite values at {self._position()} (training diverged). "
+                f"Stopped: {self.kept_checkpoint()}. Lower train.lr or set train.grad_clip."
             )
-        self.encoder.load_state_dict(state["encoder"])
-        self.method.load_state_dict(state["method"])
-        if self.optimizer and state["optimizer"]:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+
+    def _position(self) -> str:
+        if self.step_in_epoch:
+            return f"epoch {self.epoch + 1}, step {self.step_in_epoch}"
+        return f"the end of epoch {self.epoch}"
+
+    def kept_checkpoint(self) -> str:
+        """What a failed run keeps, in words: the last good checkpoint's path, or that none was written."""
+        path = self.run_dir / "checkpoints" / "last.pt"
+        if not path.exists():
+            return "no checkpoint was written: the NaN came before the first epoch ended"
+        where = f" (epoch {self._saved[0] + 1}, step {self._saved[1]})" if self._saved and self._saved[1] else ""
+        if self._saved and not self._saved[1]:
+            where = f" (after epoch {self._saved[0]})"
+        return f"the last good checkpoint is kept: {path}{where}"
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Resume from ``path`` (weights-only; refused if unsafe, truncated, foreign or from another config)."""
+        state = checkpoints.read(path, self.device, config_hash(self.cfg))
+        try:
+            self.encoder.load_state_dict(state["encoder"])
+            self.method.load_state_dict(state["method"])
+            if self.optimizer and state["optimizer"]:
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+            checkpoints.set_rng_state(state["rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise CheckpointError(path, f"it does not fit this run's model ({str(err).splitlines()[0]})") from None
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.history, self.best = state["history"], state["best"]
-        self.epoch_sums = state.get("epoch_sums", {})
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        self.epoch_sums = state.get("epoch_sums") or {}
+        self._saved = (self.epoch, self.step_in_epoch)
+
+    def resume(self) -> None:
+        """Accepted run: remove what interrupted writes left, and resume from ``checkpoints/last.pt`` if it exists.
+
+        ``best.pt`` is checked too (mapped, not read), so a broken one is found now rather than after training.
+        """
+        if self._resumed:
+            return
+        self._resumed = True
+        checkpoint = self.run_dir / "checkpoints" / "last.pt"
+        if checkpoint.exists():
+            self.load_checkpoint(checkpoint)
+            best = self.run_dir / "checkpoints" / "best.pt"
+            if self.best.get("epoch") is not None and best.exists():
+                checkpoints.read(best, "cpu", config_hash(self.cfg), mmap=True)
+            print(f"Resuming {self.run_dir} from epoch {self.epoch} step {self.step_in_epoch}.", flush=True)
+        if self.dist.is_main and self.run_dir.is_dir():  # accepted: only now is anything in the directory touched
+            litter = checkpoints.remove_litter(self.run_dir)
+            if litter:
+                print(
+                    f"Removed {len(litter)} temporary file(s) left by an interrupted write: "
+                    f"{', '.join(p.name for p in litter)}"
+                )
+
+    def _stop(self, where: str) -> StopRequested:
+        signum = clear_stop()  # handled: a later run in this process starts clean
+        path = self.run_dir / "checkpoints" / "last.pt"
+        return StopRequested(
+            f"Stop requested: checkpoint written at {where} to {path}. Run the same command again to resume.",
+            signum,
+        )
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -252,12 +309,18 @@ class Trainer:
         if self.dist.enabled:
             dataset = torch.utils.data.Subset(dataset, shard.tolist())
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.cfg.eval.batch_size, shuffle=False, num_workers=self.cfg.data.num_workers
+            dataset,
+            batch_size=self.cfg.eval.batch_size,
+            shuffle=False,
+            num_workers=self.cfg.data.num_workers,
+            worker_init_fn=ignore_stop_signals_in_worker,
         )
         self.encoder.eval()
         self.method.eval()
         chunks, labels = [], []
-        for images, y in loader:
+        for images, y in unwrap_worker_errors(loader):
+            if _STOP["requested"] and self._final_eval and not self.dist.enabled:  # last.pt holds the training
+                raise self._stop("evaluation (the training is saved; the evaluation runs again on resume)")
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 z = self.method.embed(images.to(self.device, non_blocking=True), self.encoder)
             chunks.append(z.float().cpu().numpy())
@@ -295,9 +358,8 @@ class Trainer:
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"Loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}. Stopped; the "
-                f"last good checkpoint is kept in {self.run_dir / 'checkpoints'}. Lower train.lr or set "
-                "train.grad_clip."
+                f"Loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}. Stopped: "
+                f"{self.kept_checkpoint()}. Lower train.lr or set train.grad_clip."
             )
         (loss / cfg.grad_accum).backward()
         self.step_in_epoch += 1
@@ -333,6 +395,7 @@ class Trainer:
             batch_sampler=ListBatchSampler(batches, self.step_in_epoch),
             num_workers=self.cfg.data.num_workers,
             persistent_workers=False,
+            worker_init_fn=ignore_stop_signals_in_worker,
         )
         frozen = self.epoch < cfg.freeze_backbone_epochs
         for p in self._backbone_params:
@@ -344,7 +407,7 @@ class Trainer:
         sums = self.epoch_sums
         count, images_seen, t0 = sums.pop("_count", 0), 0, time.time()
         progress = _progress(len(loader), f"epoch {self.epoch + 1}/{cfg.epochs}", cfg.progress)
-        for images, labels in loader:
+        for images, labels in unwrap_worker_errors(loader):
             out = self.train_step(images, labels)
             loss = out["loss"]
             count += 1
@@ -358,14 +421,18 @@ class Trainer:
                 step = self.epoch * self.steps_per_epoch + self.step_in_epoch
                 for key, value in out.items():
                     self.writer.add_scalar(f"train/{key}", float(value), step)
-            if distributed.any_rank(_STOP["requested"], self.dist, self.device):
-                progress.close()
-                sums["_count"] = count
-                self.save_checkpoint()
-                _STOP["requested"] = False  # handled: a later run in this process starts clean
-                raise StopRequested(
-                    f"Stop requested: checkpoint written at epoch {self.epoch + 1}, step {self.step_in_epoch}."
-                )
+            stop = distributed.any_rank(_STOP["requested"], self.dist, self.device)
+            every = cfg.checkpoint_every
+            # Checkpoints fall on optimiser steps only (accumulated gradients are not saved) and never on the last
+            # step, whose checkpoint fit() writes once the epoch is closed.
+            if self.step_in_epoch % cfg.grad_accum == 0 and self.step_in_epoch < self.steps_per_epoch:
+                if stop or (every and self.step_in_epoch % every == 0):
+                    sums["_count"] = count
+                    self.save_checkpoint()
+                    del sums["_count"]
+                if stop:
+                    progress.close()
+                    raise self._stop(f"epoch {self.epoch + 1}, step {self.step_in_epoch}")
         progress.close()
         stats = {key: value / max(count, 1) for key, value in sums.items()}
         stats["images_per_s"] = images_seen / max(time.time() - t0, 1e-9)
@@ -374,54 +441,72 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train (resuming if a checkpoint exists), select, evaluate on test, and return the final record."""
-        recorder = (
-            RecordWriter(self.cfg, self.run_dir, self.splits.card, self.describe())
-            if self.dist.is_main
-            else distributed.NoRecord()
-        )
-        checkpoint = self.run_dir / "checkpoints" / "last.pt"
-        if checkpoint.exists():
-            self.load_checkpoint(checkpoint)
-            print(f"Resuming {self.run_dir} from epoch {self.epoch} step {self.step_in_epoch}.")
-        self._write(recorder, status="running")
+        with stop_on_signals():  # SIGTERM / Ctrl-C: checkpoint at the next step, then StopRequested
+            self.resume()  # refuses an unusable checkpoint before anything is written
+            recorder = (
+                RecordWriter(self.cfg, self.run_dir, self.splits.card, self.describe())
+                if self.dist.is_main
+                else distributed.NoRecord()
+            )
+            self._write(recorder, status="running")
+            try:
+                return self._train_and_finish(recorder)
+            except StopRequested:
+                raise
+            except Exception as err:
+                told = err
+                if isinstance(err, OSError):  # e.g. a full disk while writing the record or metrics.jsonl
+                    told = TrainingError(
+                        f"Could not write {err.filename or 'a run file'}: {err.strerror or err}. Free space (or "
+                        "choose another out_dir) and run the same command again: it resumes from the last "
+                        "checkpoint written."
+                    )
+                try:
+                    self._write(recorder, status="failed", error=f"{type(told).__name__}: {told}")
+                except OSError as write_err:  # the disk may still be full: the error below is what matters
+                    warnings.warn(f"Could not mark the record failed: {write_err}", stacklevel=2)
+                if told is not err:
+                    raise told from err
+                raise
+
+    def _train_and_finish(self, recorder) -> dict[str, Any]:
         if self.cfg.train.tensorboard and self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         ecfg, epochs = self.cfg.eval, self.cfg.train.epochs if self.method_cls.trains else 0
         train_time = 0.0
-        try:
-            while self.epoch < epochs:
-                t0 = time.time()
-                stats = self.train_epoch()
-                train_time += time.time() - t0
-                self.epoch, self.step_in_epoch = self.epoch + 1, 0
-                entry = {"epoch": self.epoch, **stats}
-                if ecfg.selection in ("val", "test") and (self.epoch % ecfg.every == 0 or self.epoch == epochs):
-                    split = self.val_split if ecfg.selection == "val" else self.splits.test
-                    metrics = self.evaluate(split)
-                    entry[ecfg.selection] = metrics
-                    if metrics[ecfg.selection_metric] > self.best["score"]:
-                        self.best = {"score": metrics[ecfg.selection_metric], "epoch": self.epoch, "metrics": metrics}
-                        self.save_checkpoint("best.pt")
-                self.history.append(entry)
-                recorder.append_history(self.history)
-                self.save_checkpoint()
-                self._write(recorder, status="running", train_s=train_time)
-                print(_epoch_line(entry), flush=True)
-        except Exception as err:
-            if not isinstance(err, StopRequested):
-                self._write(recorder, status="failed", error=f"{type(err).__name__}: {err}")
-            raise
+        while self.epoch < epochs:
+            t0 = time.time()
+            stats = self.train_epoch()
+            train_time += time.time() - t0
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            self.check_finite()  # diverged weights are neither evaluated nor saved
+            entry = {"epoch": self.epoch, **stats}
+            if ecfg.selection in ("val", "test") and (self.epoch % ecfg.every == 0 or self.epoch == epochs):
+                split = self.val_split if ecfg.selection == "val" else self.splits.test
+                metrics = self.evaluate(split)
+                entry[ecfg.selection] = metrics
+                if metrics[ecfg.selection_metric] > self.best["score"]:
+                    self.best = {"score": metrics[ecfg.selection_metric], "epoch": self.epoch, "metrics": metrics}
+                    self.save_checkpoint("best.pt")
+            self.history.append(entry)
+            recorder.append_history(self.history)
+            self.save_checkpoint()
+            self._write(recorder, status="running", train_s=train_time)
+            print(_epoch_line(entry), flush=True)
+            if distributed.any_rank(_STOP["requested"], self.dist, self.device):
+                raise self._stop(f"the end of epoch {self.epoch}")
         return self._finish(recorder, train_time)
 
     def _finish(self, recorder, train_time: float) -> dict[str, Any]:
         ecfg = self.cfg.eval
         t0 = time.time()
         selected_epoch = self.epoch
+        self._final_eval = True
         if ecfg.selection in ("val", "test") and self.best["epoch"] is not None:
             distributed.barrier(self.dist)  # rank 0 has written best.pt
-            best = torch.load(self.run_dir / "checkpoints" / "best.pt", map_location=self.device, weights_only=False)
+            best = checkpoints.read(self.run_dir / "checkpoints" / "best.pt", self.device, config_hash(self.cfg))
             self.encoder.load_state_dict(best["encoder"])
             self.method.load_state_dict(best["method"])
             selected_epoch = self.best["epoch"]
