@@ -28,29 +28,12 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Test dataset, sitecustomize for subprocesses, fake SLURM on PATH (module-wide)."""
-    import benchmark.data.base as base
-
     root = tmp_path_factory.mktemp("sweeps")
     mp = pytest.MonkeyPatch()
-    datasets = sweep_support.write_datasets_dir(root / "datasets")
-    mp.setattr(base, "DATASETS_DIR", datasets)
-    mp.setenv("SWEEP_TEST_DATASETS", str(datasets))
-    site = sweep_support.write_sitecustomize(root / "site")
-    mp.setenv("PYTHONPATH", f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    sweep_support.sweep_test_env(root, mp)
     for key, value in fakeslurm.install(root / "bin", root / "slurm_state").items():
         mp.setenv(key, value)
-    mp.setenv("OMP_NUM_THREADS", "1")
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    mp.delenv("SLURM_JOB_ID", raising=False)
-    sweep_support.setup_process()
-    from benchmark.config import register_configs
-
-    register_configs()  # the committed register_configs reads the cards once: make sure the test card is one
-    from hydra.core.config_store import ConfigStore
-
-    from benchmark.config import DatasetConfig
-
-    ConfigStore.instance().store(group="dataset", name="sweepblobs", node=DatasetConfig(name="sweepblobs"))
+    mp.delenv("SLURM_CONF", raising=False)
     yield {"root": root, "state": root / "slurm_state"}
     mp.undo()
 

@@ -149,6 +149,9 @@ class TestCluster:
         self.conf = self.dir / "etc" / "slurm.conf"
         self.env = {"SLURM_CONF": str(self.conf)}
         self.pids: dict[str, int] = {}
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._argv: dict[str, list[str]] = {}
+        self._ready: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------- start
     def start(self, timeout: float = 90) -> TestCluster:
@@ -171,10 +174,10 @@ class TestCluster:
         try:
             self._start_munge()
             self._start_mariadb(ports["mariadb"], password)
-            self._spawn("slurmdbd", [_which("slurmdbd"), "-D"])
-            self._wait(lambda: self._listening(ports["slurmdbd"]), 30, "slurmdbd to listen")
-            self._spawn("slurmctld", [_which("slurmctld"), "-D", "-i"])
-            self._wait(lambda: self._run(["scontrol", "ping"]).returncode == 0, 30, "slurmctld to answer")
+            self._ready["slurmdbd"] = lambda: self._listening(ports["slurmdbd"])
+            self.start_daemon("slurmdbd", [_which("slurmdbd"), "-D"])
+            self._ready["slurmctld"] = lambda: self._run(["scontrol", "ping"]).returncode == 0
+            self.start_daemon("slurmctld", [_which("slurmctld"), "-D", "-i"])
             self._spawn("slurmd", [_which("slurmd"), "-D", "-N", "localhost"])
             self._wait(self._node_idle, timeout, "the node to be idle")
             self._wait(lambda: self._run(["sacct", "-n", "-X"]).returncode == 0, 30, "sacct to answer")
@@ -227,17 +230,28 @@ class TestCluster:
             start_new_session=True, cwd=self.dir,
         )  # fmt: skip
         log.close()
-        self.pids[name] = proc.pid
-        self._procs = {**getattr(self, "_procs", {}), name: proc}
+        self.pids[name], self._procs[name], self._argv[name] = proc.pid, proc, argv
         (self.dir / "pids.json").write_text(json.dumps(self.pids))
         time.sleep(0.2)
         if proc.poll() is not None:
             raise TestClusterError(f"{name} exited at once ({proc.returncode}): {self.log_tail(name)}")
 
+    def start_daemon(self, name: str, argv: list[str] | None = None, timeout: float = 30) -> None:
+        """Start one daemon (again, after :meth:`stop_daemon`, with its first command line) and wait until it answers."""
+        self._spawn(name, argv or self._argv[name])
+        if name in self._ready:
+            self._wait(self._ready[name], timeout, f"{name} to answer")
+
+    def stop_daemon(self, name: str) -> None:
+        """Stop one daemon by its PID (the tests stop slurmdbd to see what a sweep does when sacct cannot answer)."""
+        _terminate(self.pids.pop(name))
+        self._procs.pop(name, None)
+        (self.dir / "pids.json").write_text(json.dumps(self.pids))
+
     def _wait(self, ready: Any, timeout: float, what: str) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            for name, proc in getattr(self, "_procs", {}).items():
+            for name, proc in self._procs.items():
                 if proc.poll() is not None:
                     raise TestClusterError(f"{name} died while waiting for {what}: {self.log_tail(name)}")
             if ready():
@@ -321,6 +335,36 @@ def _terminate(pid: int, grace: float = 10) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def listening_addresses(pids: Any) -> list[tuple[str, int]]:
+    """The (address, port) of every listening TCP socket that the processes ``pids`` hold (read from /proc)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = cols[1].split(":")
+            if width == 8:
+                addr = socket.inet_ntop(socket.AF_INET, bytes.fromhex(hex_addr)[::-1])
+            else:
+                words = [bytes.fromhex(hex_addr[i : i + 8])[::-1] for i in range(0, 32, 8)]
+                addr = socket.inet_ntop(socket.AF_INET6, b"".join(words))
+                addr = addr.removeprefix("::ffff:") if addr.startswith("::ffff:") else addr
+            found.append((addr, int(hex_port, 16)))
+    return found
 
 
 def _processes_with_env(key: str, value: str) -> list[int]:
