@@ -29,13 +29,13 @@ CELL_RESOURCES = {"partition": "low", "cpus": 1, "mem_gb": 2, "time_min": 30, "s
 
 # ----------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
+def slurm_cluster():
     """The throwaway cluster, up for the whole session; every daemon stopped at its end (also on failure)."""
     required = os.environ.get("DML_REQUIRE_SLURM") == "1"
     problem = testcluster.missing_requirements()
     if problem:
         (pytest.fail if required else pytest.skip)(problem)
-    cluster = testcluster.TestCluster(tmp_path_factory.mktemp("slurm-cluster"), remove=False)
+    cluster = testcluster.TestCluster()  # its own temporary directory, removed when it stops
     atexit.register(cluster.stop)  # a second stop is a no-op; this one covers an interrupted session
     try:
         cluster.start()
@@ -95,12 +95,13 @@ def wait_cells(sweep_dir: Path, timeout: float) -> dict[str, dict]:
     """Rows by seed once every cell is done or failed and no job is left running (its process ending)."""
     from benchmark.sweeps.status import sweep_status
 
-    def settled():
+    def settled():  # the queue empty (a pre-empted job is PREEMPTED and COMPLETING for a moment before its requeue)
+        if slurm("squeue", "-h", "-o", "%i").split():
+            return False
         rows = sweep_status(sweep_dir)
         return all(r["state"] in TERMINAL for r in rows) and {r["cell"].rsplit("=", 1)[1]: r for r in rows}
 
     rows = wait_until(settled, timeout, f"the cells of {sweep_dir.name}")
-    wait_until(lambda: our_jobs() == [], 60, "the jobs to end")
     return rows
 
 
@@ -140,19 +141,26 @@ INTERRUPTED = ["train.epochs=2", "train.steps_per_epoch=10"]
 
 @pytest.fixture(scope="module")
 def reference(real):
-    """The interrupted runs' config trained uninterrupted in this process (one thread, like the jobs)."""
-    from benchmark.config import compose_config
-    from benchmark.engine.run import run
+    """A function returning the interrupted runs' config trained uninterrupted in this process (one thread, like
+    the jobs), trained at its first call (while a job runs) and kept for the module."""
+    kept: list = []
 
-    overrides = [*sweep_support.TINY, *INTERRUPTED, "method=proxy_anchor", "dataset=sweepblobs", "seed=0"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        record, run_dir = run(compose_config([*overrides, f"out_dir={real['root'] / 'reference'}"]))
-    finally:
-        torch.set_num_threads(threads)
-    assert record["metrics"]["test"]["recall@1"] < 1.0  # not saturated: equality means something
-    return record, run_dir
+    def train() -> tuple[dict, Path]:
+        from benchmark.config import compose_config
+        from benchmark.engine.run import run
+
+        if not kept:
+            overrides = [*sweep_support.TINY, *INTERRUPTED, "method=proxy_anchor", "dataset=sweepblobs", "seed=0"]
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                kept.append(run(compose_config([*overrides, f"out_dir={real['root'] / 'reference'}"])))
+            finally:
+                torch.set_num_threads(threads)
+            assert kept[0][0]["metrics"]["test"]["recall@1"] < 1.0  # not saturated: equality means something
+        return kept[0]
+
+    return train
 
 
 def assert_same_run(run_dir: Path, reference: tuple[dict, Path]) -> None:
@@ -245,7 +253,7 @@ def test_ddp_cell_runs_two_tasks_of_one_job_with_gloo(real, tmp_path):
 def test_preemption_by_a_high_priority_job_checkpoints_requeues_and_ends_as_uninterrupted(real, tmp_path, reference):
     spec = write_spec(tmp_path / "preempt.yaml", overrides=INTERRUPTED)
     sweep_dir = tmp_path / "sweep"
-    os.environ.update(SWEEP_TEST_SAMPLE_DELAY="0.05", SWEEP_TEST_DELAY_FIRST_START="1")
+    os.environ.update(SWEEP_TEST_SAMPLE_DELAY="0.1", SWEEP_TEST_DELAY_FIRST_START="1")
     try:
         assert submit(spec, sweep_dir) == 0
     finally:
@@ -255,6 +263,7 @@ def test_preemption_by_a_high_priority_job_checkpoints_requeues_and_ends_as_unin
     wait_until(lambda: (run_dir / "checkpoints" / "last.pt").exists(), 150, "the first epoch's checkpoint")
     # Both CPUs in the high-priority partition: SLURM pre-empts the low-priority cell to make room.
     slurm("sbatch", "-p", "high", "-c", "2", "--mem=100M", "-o", str(tmp_path / "high.out"), "--wrap", "true")
+    expected = reference()  # trained here meanwhile
     rows = wait_cells(sweep_dir, 240)
     assert rows["0"]["state"] == "done", rows["0"]
     starts = json.loads((run_dir / "jobs.json").read_text())
@@ -264,29 +273,49 @@ def test_preemption_by_a_high_priority_job_checkpoints_requeues_and_ends_as_unin
     assert "Stop requested: checkpoint written" in out and "Resuming" in out
     attempts = slurm("sacct", "-j", job, "--duplicates", "-X", "-n", "-o", "State").split()
     assert attempts[0] == "PREEMPTED" and attempts[-1] == "COMPLETED", attempts  # SLURM's own account
-    assert_same_run(run_dir, reference)
+    assert_same_run(run_dir, expected)
 
 
 def test_time_limit_signal_requeues_and_the_run_resumes(real, tmp_path, reference):
-    # A 1-minute limit, signalled 50 s before it: submitit counts it as a time-out, checkpoints and requeues.
+    # SLURM signals a job `signal_delay_s` before its time limit; slurmctld checks limits every 30 s. Once the job
+    # has installed its handler, its limit is cut so that the signal is due at once and the limit itself is still
+    # 45 s or more away: the signal comes within 30 s, during the (slowed) first start. submitit counts it as a
+    # time-out (a 10-minute job), checkpoints and requeues; the requeued job gets its 10 minutes back and finishes.
     spec = write_spec(
         tmp_path / "timeout.yaml",
-        resources={"time_min": 1, "signal_delay_s": 50, "max_requeue_timeouts": 10},
+        resources={"time_min": 10, "signal_delay_s": 120, "max_requeue_timeouts": 3},
         overrides=INTERRUPTED,
     )
     sweep_dir = tmp_path / "sweep"
-    os.environ.update(SWEEP_TEST_SAMPLE_DELAY="0.2", SWEEP_TEST_DELAY_FIRST_START="1")
+    os.environ.update(SWEEP_TEST_SAMPLE_DELAY="0.4", SWEEP_TEST_DELAY_FIRST_START="1")
     try:
         assert submit(spec, sweep_dir) == 0
     finally:
         del os.environ["SWEEP_TEST_SAMPLE_DELAY"], os.environ["SWEEP_TEST_DELAY_FIRST_START"]
     cell = cells(sweep_dir)[0]
+    run_dir, job = Path(cell["run_dir"]), cell["jobs"][-1]["job_id"]
+    wait_until(lambda: (run_dir / "jobs.json").exists(), 150, "the job to start")
+    elapsed = _elapsed_s(job)
+    slurm("scontrol", "update", f"JobId={job}", f"TimeLimit={-(-(elapsed + 45) // 60)}")
+    wait_until(lambda: slurm("squeue", "-h", "-j", job, "-o", "%T").strip() == "PENDING", 120, "the requeue")
+    slurm("scontrol", "update", f"JobId={job}", "TimeLimit=10", "StartTime=now")
+    expected = reference()  # trained here meanwhile (or kept from the pre-emption test)
     rows = wait_cells(sweep_dir, 240)
     assert rows["0"]["state"] == "done", rows["0"]
-    starts = json.loads((Path(cell["run_dir"]) / "jobs.json").read_text())
-    assert [s["restart"] for s in starts][:2] == [0, 1]
+    assert [s["restart"] for s in json.loads((run_dir / "jobs.json").read_text())] == [0, 1]
     assert "this job is timed-out" in Path(cell["jobs"][-1]["log_err"]).read_text()
-    assert_same_run(Path(cell["run_dir"]), reference)
+    assert "Stop requested: checkpoint written" in Path(cell["jobs"][-1]["log_out"]).read_text()
+    assert_same_run(run_dir, expected)
+
+
+def _elapsed_s(job: str) -> int:
+    """Seconds the job has been running (squeue's %M: [days-][hours:]minutes:seconds)."""
+    text = slurm("squeue", "-h", "-j", job, "-o", "%M").strip()
+    days, _, clock = text.rpartition("-")
+    seconds = 0
+    for part in clock.split(":"):
+        seconds = seconds * 60 + int(part)
+    return seconds + 86400 * int(days or 0)
 
 
 def test_unknown_state_when_sacct_cannot_answer_is_never_resubmitted_without_force(real, tmp_path, capsys):

@@ -17,7 +17,17 @@ from typing import Any
 from benchmark.engine import records
 from benchmark.sweeps.manifest import read_manifest
 
-PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "CONFIGURING"}
+#: PREEMPTED lasts the KillWait seconds before SLURM (PreemptMode=REQUEUE) or submitit requeues the job.
+PENDING_STATES = {
+    "PENDING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "CONFIGURING",
+    "PREEMPTED",
+}
 RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 TAIL_LINES = 15
 #: submitit's own log lines ("submitit WARNING (date) - Bypassing signal SIGCONT"); its ERROR lines are kept.

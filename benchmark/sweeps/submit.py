@@ -100,7 +100,17 @@ class _DeferredRequeue:
         request_stop()
 
     def checkpoint_and_try_requeue(self, signum: int) -> None:
-        self._handler.checkpoint_and_try_requeue(signum)
+        import subprocess
+
+        try:
+            self._handler.checkpoint_and_try_requeue(signum)
+        except subprocess.CalledProcessError:  # submitit's `scontrol requeue` refused
+            # Under PreemptMode=REQUEUE SLURM has already requeued a pre-empted job ("Job is pending execution"):
+            # the checkpoint is written, so end this start quietly; the requeued job resumes from it.
+            print(
+                "SLURM refused `scontrol requeue` (a pre-empted job is requeued by SLURM itself); exiting.", flush=True
+            )
+            self.exit()
 
     def exit(self) -> None:
         self._handler._exit()
