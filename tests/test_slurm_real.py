@@ -324,7 +324,8 @@ def test_unknown_state_when_sacct_cannot_answer_is_never_resubmitted_without_for
     spec = write_spec(tmp_path / "held.yaml", resources={"additional": {"hold": True}})  # stays queued
     sweep_dir = tmp_path / "sweep"
     assert submit(spec, sweep_dir) == 0
-    assert [r["state"] for r in sweep_status(sweep_dir)] == ["pending"]
+    # (sacct lists a job a moment after sbatch answers; until then its cell is unknown too, and held back)
+    wait_until(lambda: [r["state"] for r in sweep_status(sweep_dir)] == ["pending"], 30, "sacct to list the job")
     cluster = real["cluster"]
     cluster.stop_daemon("slurmdbd")  # sacct now fails; the job is still queued
     try:

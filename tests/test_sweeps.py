@@ -116,6 +116,60 @@ def test_status_never_calls_a_job_without_a_complete_record_done(tmp_path):
     assert _cell_state(entry, {"7_0": "RUNNING"})["state"] == "running"
 
 
+def test_a_failed_cell_quotes_the_jobs_error_not_submitits_chatter(tmp_path):
+    from benchmark.sweeps.status import _cell_state
+
+    noise = "submitit WARNING (2026-12-01 10:36:36,070) - Bypassing signal SIGCONT"
+    logs = {
+        "crashed": [
+            "submitit INFO (2026-12-01 10:36:30,153) - Starting with JobEnvironment(job_id=7_0)",
+            "submitit ERROR (2026-12-01 10:36:34,833) - Submitted job triggered an exception",
+            "Traceback (most recent call last):",
+            '  File "/x/benchmark/engine/run.py", line 40, in run',
+            "    raise ImportError('No module named timm.layers')",
+            "ImportError: No module named timm.layers",
+            "srun: error: localhost: task 0: Exited with exit code 1",
+            noise,
+        ],
+        "cancelled": [  # the tail of a job scancel'led on SLURM 22.05 (srun, slurmstepd and submitit interleaved)
+            "srun: Job step aborted: Waiting up to 7 seconds for job step to finish.",
+            noise,
+            "slurmstepd-localhost: error: *** JOB 2 ON localhost CANCELLED AT 2026-12-01T10:36:36 ***",
+            "submitit WARNING (2026-12-01 10:36:36,110) - Bypassing signal SIGTERM",
+        ],
+    }
+    for name, lines in logs.items():
+        err = tmp_path / f"{name}.err"
+        err.write_text("\n".join(lines) + "\n")
+        job = {"mode": "slurm", "job_id": "7_0", "log_err": str(err), "log_out": str(tmp_path / "absent.out")}
+        row = _cell_state({"run_dir": str(tmp_path / "run"), "jobs": [job]}, {"7_0": "FAILED"})
+        assert row["state"] == "failed" and "Bypassing signal" not in row["error"] + row["log"]
+        if name == "crashed":
+            assert row["error"].endswith("without a complete run record: ImportError: No module named timm.layers")
+        else:
+            assert "JOB 2 ON localhost CANCELLED" in row["error"]
+
+
+def test_cells_of_unknown_state_are_held_back_unless_forced(env, tmp_path, monkeypatch, capsys):
+    from benchmark.sweeps.manifest import read_manifest
+    from benchmark.sweeps.status import sweep_status
+    from benchmark.sweeps.submit import main
+
+    monkeypatch.setenv("FAKE_SLURM_HOLD", "1")  # queued, never run
+    spec, sweep_dir = write_spec(tmp_path / "unknown.yaml", seeds=(0,)), tmp_path / "sweep"
+    assert main(str(spec), sweep_dir=str(sweep_dir), allow_dirty=True) == 0
+    monkeypatch.setenv("FAKE_SLURM_SACCT_DOWN", "1")  # slurmdbd down: sacct cannot say the job is still queued
+    [row] = sweep_status(sweep_dir)
+    assert row["state"] == "unknown" and "Problem talking to the database" in row["error"]
+    capsys.readouterr()
+    assert main(str(spec), sweep_dir=str(sweep_dir), allow_dirty=True) == 1
+    assert "--force" in capsys.readouterr().err
+    manifest = read_manifest(sweep_dir)
+    assert len(manifest["submissions"]) == 1 and len(manifest["cells"][row["cell"]]["jobs"]) == 1  # no duplicate
+    assert main(str(spec), sweep_dir=str(sweep_dir), allow_dirty=True, force=True) == 0
+    assert len(read_manifest(sweep_dir)["cells"][row["cell"]]["jobs"]) == 2
+
+
 def reference_run(overrides: list[str]) -> tuple[dict, Path]:
     """The same run, uninterrupted, in this process (one thread, like the jobs)."""
     from benchmark.config import compose_config
