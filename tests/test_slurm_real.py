@@ -23,6 +23,7 @@ import yaml
 from benchmark.engine import records
 from benchmark.sweeps import testcluster
 
+pytestmark = pytest.mark.slurm  # deselect with -m "not slurm"
 TERMINAL = {"done", "failed"}
 CELL_RESOURCES = {"partition": "low", "cpus": 1, "mem_gb": 2, "time_min": 30, "signal_delay_s": 30}
 
@@ -186,7 +187,7 @@ def test_the_cluster_listens_on_loopback_only(slurm_cluster):
     assert all(addr.startswith("127.") for addr, _ in listening), listening
 
 
-def test_sweep_array_with_per_cell_resources_scancel_resubmits_alone_and_twice_submits_nothing(real, tmp_path, capsys):
+def test_sweep_array_per_cell_resources_failed_cells_resubmitted_and_twice_submits_nothing(real, tmp_path, capsys):
     from benchmark.sweeps.status import main as status_main
 
     spec = write_spec(
@@ -197,11 +198,12 @@ def test_sweep_array_with_per_cell_resources_scancel_resubmits_alone_and_twice_s
         rules=[{"match": {"seed": 2}, "resources": {"time_min": 7, "mem_gb": 1}}],
     )
     sweep_dir = tmp_path / "sweep"
-    os.environ["SWEEP_TEST_SAMPLE_DELAY"] = "0.02"  # seed 2 must still be running when it is cancelled
+    # Seed 1 raises in its first epoch; seed 2 must still be running when it is cancelled.
+    os.environ.update(SWEEP_TEST_SAMPLE_DELAY="0.02", SWEEP_TEST_FAIL_SEED="1")
     try:
         assert submit(spec, sweep_dir) == 0
     finally:
-        del os.environ["SWEEP_TEST_SAMPLE_DELAY"]
+        del os.environ["SWEEP_TEST_SAMPLE_DELAY"], os.environ["SWEEP_TEST_FAIL_SEED"]
     jobs = [c["jobs"][-1]["job_id"] for c in cells(sweep_dir)]
     array = jobs[0].split("_")[0]
     assert jobs[:2] == [f"{array}_0", f"{array}_1"] and "_" not in jobs[2]  # seeds 0, 1: one array; 2: its own
@@ -212,15 +214,17 @@ def test_sweep_array_with_per_cell_resources_scancel_resubmits_alone_and_twice_s
     wait_until(lambda: (Path(cells(sweep_dir)[2]["run_dir"]) / "jobs.json").exists(), 120, "seed 2 to start")
     slurm("scancel", jobs[2])
     rows = wait_cells(sweep_dir, 180)
-    assert [rows[s]["state"] for s in "012"] == ["done", "done", "failed"]
+    assert [rows[s]["state"] for s in "012"] == ["done", "failed", "failed"]
+    assert "injected failure for seed 1" in rows["1"]["error"] and "RuntimeError" in rows["1"]["log"]
     assert "CANCELLED" in rows["2"]["error"] and "Bypassing signal" not in rows["2"]["error"]
     assert "Bypassing signal" not in (rows["2"]["log"] or "")
 
-    # Submitted again: only the cancelled cell goes, alone, and runs to done; `status` reports the sweep done.
+    # Submitted again: only the two failed cells go and run to done; `status` reports the sweep done.
     assert submit(spec, sweep_dir) == 0
     last = json.loads((sweep_dir / "manifest.json").read_text())["submissions"][-1]
-    assert last["submitted"] == ["method=proxy_anchor,dataset=sweepblobs,seed=2"]
-    assert len(our_jobs()) == 1
+    assert last["submitted"] == [f"method=proxy_anchor,dataset=sweepblobs,seed={s}" for s in (1, 2)]
+    assert last["skipped_complete"] == ["method=proxy_anchor,dataset=sweepblobs,seed=0"]
+    assert len(our_jobs()) == 2 and [len(c["jobs"]) for c in cells(sweep_dir)] == [1, 2, 2]
     wait_cells(sweep_dir, 180)
     capsys.readouterr()
     assert status_main(str(sweep_dir)) == 0
@@ -326,6 +330,9 @@ def test_unknown_state_when_sacct_cannot_answer_is_never_resubmitted_without_for
     assert submit(spec, sweep_dir) == 0
     # (sacct lists a job a moment after sbatch answers; until then its cell is unknown too, and held back)
     wait_until(lambda: [r["state"] for r in sweep_status(sweep_dir)] == ["pending"], 30, "sacct to list the job")
+    capsys.readouterr()
+    assert submit(spec, sweep_dir) == 0  # queued: nothing is submitted twice
+    assert "1 queued or running" in capsys.readouterr().out and len(our_jobs()) == 1
     cluster = real["cluster"]
     cluster.stop_daemon("slurmdbd")  # sacct now fails; the job is still queued
     try:
