@@ -70,11 +70,11 @@ class Prepared:
     cells: list[Cell]
     complete: set[str]
     active: set[str] = field(default_factory=set)  # queued or running from an earlier submission
-    unknown: set[str] = field(default_factory=set)  # the scheduler cannot say (possibly live): held back
+    unknown: dict[str, str] = field(default_factory=dict)  # cell -> why its state is unknown (possibly live): held back
 
     @property
     def pending(self) -> list[Cell]:
-        held = self.complete | self.active | self.unknown
+        held = self.complete | self.active | set(self.unknown)
         return [c for c in self.cells if c.cell_id not in held]
 
 

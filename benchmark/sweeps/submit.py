@@ -169,14 +169,15 @@ def prepare(spec_path: str | Path, sweep_dir: str | Path | None = None, force: b
     validate_cells(cells)
     complete = {c.cell_id for c in cells if records.is_complete(records.read_record(c.run_dir))}
     active: set[str] = set()
-    unknown: set[str] = set()
+    unknown: dict[str, str] = {}
     if (sweep_dir / MANIFEST).exists():  # never start a second job on a run that is queued or running
         from benchmark.sweeps.status import sweep_status
 
         rows = sweep_status(sweep_dir)
         active = {r["cell"] for r in rows if r["state"] in ("pending", "running")}
-        unknown = set() if force else {r["cell"] for r in rows if r["state"] == "unknown"}
-    return Prepared(spec, sweep_dir, cells, complete, active - complete, unknown - complete)
+        if not force:
+            unknown = {r["cell"]: r["error"] for r in rows if r["state"] == "unknown" and r["cell"] not in complete}
+    return Prepared(spec, sweep_dir, cells, complete, active - complete, unknown)
 
 
 def _resource_groups(cells: list[Cell]) -> list[tuple[dict[str, Any], list[Cell]]]:
@@ -310,6 +311,7 @@ def main(
         if records.git_info().get("dirty") and not allow_dirty:
             print("\nNote: the checkout has uncommitted changes; submitting needs a commit or --allow-dirty.")
         return 0
+    held = _report_unknown(prepared)
     if local:
         from benchmark.sweeps.local import run_local
 
@@ -319,7 +321,6 @@ def main(
         rows = sweep_status(prepared.sweep_dir)
         print(format_status(rows, manifest["name"]))
         return 0 if all(r["state"] == "done" for r in rows) else 1
-    held = _report_unknown(prepared)
     if not prepared.pending:
         print(
             f"Nothing to submit: of {len(prepared.cells)} cells of '{prepared.spec.name}', "
@@ -342,9 +343,7 @@ def _report_unknown(prepared: Prepared) -> int:
     """Say which cells were held back because their job's state is unknown; 1 if any were."""
     if not prepared.unknown:
         return 0
-    from benchmark.sweeps.status import sweep_status
-
-    why = next(r["error"] for r in sweep_status(prepared.sweep_dir) if r["cell"] in prepared.unknown)
+    why = next(iter(prepared.unknown.values()))
     print(
         f"Not resubmitting {len(prepared.unknown)} cell(s) whose job state is unknown ({why}): "
         f"{', '.join(sorted(prepared.unknown))}. A second job would train the same run twice. Check with "
