@@ -63,17 +63,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def node_line() -> str:
-    """``NodeName=localhost ...`` with the resources ``slurmd -C`` reports for this machine."""
+def node_resources() -> dict[str, str]:
+    """What ``slurmd -C`` reports for this machine (CPUs, sockets, cores, threads, RealMemory in MB)."""
     out = subprocess.run([_which("slurmd"), "-C"], capture_output=True, text=True, check=True).stdout
     fields = dict(tok.split("=", 1) for tok in out.split("\n", 1)[0].split() if "=" in tok)
     keep = ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore", "RealMemory")
-    return "NodeName=localhost NodeAddr=127.0.0.1 " + " ".join(f"{k}={fields[k]}" for k in keep if k in fields)
+    return {k: fields[k] for k in keep if k in fields}
 
 
 def _slurm_conf(d: Path, ports: dict[str, int]) -> str:
-    cpus = int(node_line().split("CPUs=")[1].split()[0])
-    mem = int(node_line().split("RealMemory=")[1].split()[0])
+    node = node_resources()
+    mem_per_cpu = max(256, int(node.get("RealMemory", 1024)) // max(int(node.get("CPUs", 1)), 1) // 2)
     return f"""# Throwaway single-node cluster (benchmark/sweeps/testcluster.py); loopback only.
 ClusterName={CLUSTER_NAME}
 SlurmctldHost=localhost(127.0.0.1)
@@ -96,7 +96,7 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU={max(256, mem // max(cpus, 1) // 2)}
+DefMemPerCPU={mem_per_cpu}
 KillWait=5
 MailProg=/bin/true
 ReturnToService=2
@@ -109,7 +109,7 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort={ports["slurmdbd"]}
 AccountingStoragePass={d}/munge/munge.socket
 JobCompType=jobcomp/none
-{node_line()} State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 {" ".join(f"{k}={v}" for k, v in node.items())} State=UNKNOWN
 PartitionName=low Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE
 PartitionName=high Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 """
