@@ -18,7 +18,7 @@ commands:
   score FILE.npz [--json]    the protocol's metrics for any embeddings (arrays 'embeddings' N×D, 'labels' N)
   prepare dataset=X dataset.root=DIR
                              fetch (where a public URL exists), verify and validate a dataset copy
-  sweep SPEC [--dry-run | --local [--max-parallel N]] [--sweep-dir DIR] [--allow-dirty]
+  sweep SPEC [--dry-run | --local [--max-parallel N]] [--sweep-dir DIR] [--allow-dirty] [--force]
                              submit a sweep (sweeps/*.yaml) to SLURM as a job array and return; --local runs it here
   status SWEEP_DIR [--json]  pending / running / done / failed per cell, with errors and log tails
   leaderboard DIRS... [--out leaderboard/]
@@ -91,6 +91,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         local=args.local,
         max_parallel=args.max_parallel,
         allow_dirty=args.allow_dirty,
+        force=args.force,
     )
 
 
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-parallel", type=int, default=2, help="--local: runs at once (default 2)")
     p.add_argument("--sweep-dir", help="where the manifest, logs and runs go (default runs/sweeps/<spec name>)")
     p.add_argument("--allow-dirty", action="store_true", help="submit from a checkout with uncommitted changes")
+    p.add_argument(
+        "--force", action="store_true", help="also resubmit cells whose job state is unknown (sacct cannot say)"
+    )
     p = sub.add_parser("status", help=COMMANDS["status"][1])
     p.add_argument("sweep_dir", help="the sweep directory printed at submission")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")

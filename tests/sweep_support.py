@@ -4,7 +4,9 @@
 
 Environment switches read in every process (set by the tests):
 ``SWEEP_TEST_DATASETS`` the datasets dir to use; ``SWEEP_TEST_SAMPLE_DELAY`` seconds slept per image loaded (so a
-run lasts long enough to be signalled mid-run); ``SWEEP_TEST_FAIL_SEED`` a seed whose run raises in its first epoch.
+run lasts long enough to be signalled mid-run), ``SWEEP_TEST_DELAY_FIRST_START`` set: only in a job's first start (not
+once SLURM has requeued it, ``SLURM_RESTART_COUNT`` > 0); ``SWEEP_TEST_FAIL_SEED`` a seed whose run raises in its first
+epoch.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def setup_process() -> None:
     if os.environ.get("SWEEP_TEST_WRITE_LOG"):  # log who writes the record and checkpoints (DDP test)
         _log_writes(Path(os.environ["SWEEP_TEST_WRITE_LOG"]))
     delay = float(os.environ.get("SWEEP_TEST_SAMPLE_DELAY", 0) or 0)
+    if os.environ.get("SWEEP_TEST_DELAY_FIRST_START") and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        delay = 0.0
     fail_seed = os.environ.get("SWEEP_TEST_FAIL_SEED")
     if delay or fail_seed:
         import benchmark.engine.pipeline as pipeline
@@ -164,3 +168,26 @@ def write_sitecustomize(directory: Path) -> Path:
         "    sweep_support.setup_process()\n"
     )
     return directory
+
+
+def sweep_test_env(root: Path, mp) -> Path:
+    """Make this process and the jobs it starts see the test dataset (``mp``: a ``pytest.MonkeyPatch``); return the
+    datasets dir. Sets the test card, a sitecustomize on PYTHONPATH, one thread, offline Hugging Face, no SLURM job."""
+    import benchmark.data.base as base
+
+    datasets = write_datasets_dir(root / "datasets")
+    mp.setattr(base, "DATASETS_DIR", datasets)
+    mp.setenv("SWEEP_TEST_DATASETS", str(datasets))
+    site = write_sitecustomize(root / "site")
+    mp.setenv("PYTHONPATH", f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    mp.setenv("OMP_NUM_THREADS", "1")
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.delenv("SLURM_JOB_ID", raising=False)
+    setup_process()
+    from hydra.core.config_store import ConfigStore
+
+    from benchmark.config import DatasetConfig, register_configs
+
+    register_configs()  # the committed register_configs reads the cards once: make sure the test card is one
+    ConfigStore.instance().store(group="dataset", name="sweepblobs", node=DatasetConfig(name="sweepblobs"))
+    return datasets

@@ -70,10 +70,12 @@ class Prepared:
     cells: list[Cell]
     complete: set[str]
     active: set[str] = field(default_factory=set)  # queued or running from an earlier submission
+    unknown: dict[str, str] = field(default_factory=dict)  # cell -> why its state is unknown (possibly live): held back
 
     @property
     def pending(self) -> list[Cell]:
-        return [c for c in self.cells if c.cell_id not in self.complete and c.cell_id not in self.active]
+        held = self.complete | self.active | set(self.unknown)
+        return [c for c in self.cells if c.cell_id not in held]
 
 
 def check_git(allow_dirty: bool) -> dict[str, Any]:
@@ -97,4 +99,6 @@ def begin_submission(
     _update_manifest(manifest, prepared.spec, prepared.cells)
     submission = {"time": records.utc_now(), "mode": mode, "git": git, **fields}
     submission |= {"skipped_complete": sorted(prepared.complete), "skipped_active": sorted(prepared.active)}
+    if prepared.unknown:
+        submission["skipped_unknown"] = sorted(prepared.unknown)
     return manifest, submission

@@ -8,6 +8,7 @@ error from its record (or its job's end state) and the tail of its log.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,15 +17,31 @@ from typing import Any
 from benchmark.engine import records
 from benchmark.sweeps.manifest import read_manifest
 
-PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "CONFIGURING"}
+#: PREEMPTED lasts the KillWait seconds before SLURM (PreemptMode=REQUEUE) or submitit requeues the job.
+PENDING_STATES = {
+    "PENDING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "CONFIGURING",
+    "PREEMPTED",
+}
 RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 TAIL_LINES = 15
+#: submitit's own log lines ("submitit WARNING (date) - Bypassing signal SIGCONT"); its ERROR lines are kept.
+SUBMITIT_NOISE = re.compile(r"^submitit (DEBUG|INFO|WARNING) \(")
+ERROR_WORDS = re.compile(r"error|exception|cancelled|killed|oom|out of memory|time limit|segmentation", re.I)
 
 
-def sacct_states(job_ids: list[str]) -> dict[str, str]:
-    """SLURM states by job id (``ARRAY_TASK`` form for arrays) from ``sacct``; empty where it cannot say."""
-    if not job_ids or shutil.which("sacct") is None:
-        return {}
+def sacct_query(job_ids: list[str]) -> tuple[dict[str, str], str | None]:
+    """SLURM states by job id (``ARRAY_TASK`` form for arrays) from ``sacct``, and why sacct could not answer
+    (``None`` when it did). A job sacct does not list is absent from the states."""
+    if not job_ids:
+        return {}, None
+    if shutil.which("sacct") is None:
+        return {}, "sacct is not on PATH on this machine"
     from submitit.slurm.slurm import SlurmInfoWatcher
 
     command = ["sacct", "-o", "JobID,State,NodeList", "--parsable2"]
@@ -32,20 +49,55 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
         command += ["-j", main_id]
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
+    except subprocess.CalledProcessError as err:
+        last = (err.stderr or "").strip().splitlines()[-1:] or [f"exit status {err.returncode}"]
+        return {}, f"sacct failed: {last[0]}"
+    except (OSError, subprocess.SubprocessError) as err:
+        return {}, f"sacct failed: {err}"
     info = SlurmInfoWatcher(delay_s=0).read_info(out)  # submitit's parser (array ranges included)
-    return {job_id: stats.get("State", "UNKNOWN").split()[0] for job_id, stats in info.items()}
+    return {job_id: stats.get("State", "UNKNOWN").split()[0] for job_id, stats in info.items()}, None
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM states by job id from ``sacct``; empty where it cannot say (see :func:`sacct_query` for why)."""
+    return sacct_query(job_ids)[0]
+
+
+def _job_lines(path: str | None) -> list[str]:
+    """A job log's non-empty lines without submitit's own log lines (its INFO/WARNING chatter such as
+    "Bypassing signal SIGCONT" is never the cause of a failure)."""
+    if not path or not Path(path).exists():
+        return []
+    text = Path(path).read_text(errors="replace").replace("\r", "\n")
+    return [line for line in text.splitlines() if line.strip() and not SUBMITIT_NOISE.match(line)]
 
 
 def log_tail(path: str | None, lines: int = TAIL_LINES) -> str:
-    if not path or not Path(path).exists():
-        return ""
-    text = Path(path).read_text(errors="replace").replace("\r", "\n")
-    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+    """The last ``lines`` lines of a job log, submitit's own chatter left out."""
+    return "\n".join(_job_lines(path)[-lines:])
 
 
-def _cell_state(entry: dict[str, Any], sacct: dict[str, str]) -> dict[str, Any]:
+def log_cause(*paths: str | None) -> str:
+    """The line(s) of a job's logs that say why it ended: the exception of the last Python traceback, else the
+    last lines that report an error (``slurmstepd: error: *** JOB 7 CANCELLED ...``), else the last line."""
+    for path in paths:
+        lines = _job_lines(path)
+        starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+        if starts:
+            after = [line for line in lines[starts[-1] + 1 :] if not line.startswith((" ", "\t"))]
+            if after:
+                return after[0].strip()
+        errors = [line.strip() for line in lines if ERROR_WORDS.search(line)]
+        if errors:
+            return " | ".join(errors[-2:])
+    for path in paths:
+        lines = _job_lines(path)
+        if lines:
+            return lines[-1].strip()
+    return ""
+
+
+def _cell_state(entry: dict[str, Any], sacct: dict[str, str], sacct_error: str | None = None) -> dict[str, Any]:
     from benchmark.sweeps.local import pid_alive
 
     record = records.read_record(entry["run_dir"])
@@ -77,16 +129,18 @@ def _cell_state(entry: dict[str, Any], sacct: dict[str, str]) -> dict[str, Any]:
         row["state"] = "running"
     elif record and record.get("status") == "failed":
         row["state"], row["error"] = "failed", record.get("error")
-    elif scheduler == "UNKNOWN":
+    elif scheduler == "UNKNOWN":  # possibly still queued or running: never resubmitted without --force
         row["state"] = "unknown"
-        row["error"] = "the scheduler has no information on this job (sacct unavailable or job purged)"
+        why = sacct_error or f"sacct has no record of job {job['job_id']} (purged, or another cluster's)"
+        row["error"] = f"{why}; the job may still be queued or running"
     else:  # the job ended (even COMPLETED) without a complete record
         row["state"] = "failed"
         row["error"] = f"job {job['job_id']} ended ({scheduler}) without a complete run record"
     if row["state"] == "failed":
         row["log"] = log_tail(job.get("log_err")) or log_tail(job.get("log_out"))
-        if row["error"] and "without a complete run record" in row["error"] and row["log"]:
-            row["error"] += ": " + row["log"].splitlines()[-1]
+        cause = log_cause(job.get("log_err"), job.get("log_out"))
+        if row["error"] and "without a complete run record" in row["error"] and cause:
+            row["error"] += ": " + cause
     return row
 
 
@@ -96,10 +150,10 @@ def sweep_status(sweep_dir: str | Path) -> list[dict[str, Any]]:
     manifest = read_manifest(sweep_dir)
     cells = manifest["cells"]
     slurm_ids = [e["jobs"][-1]["job_id"] for e in cells.values() if e.get("jobs") and e["jobs"][-1]["mode"] == "slurm"]
-    sacct = sacct_states(slurm_ids)
+    sacct, sacct_error = sacct_query(slurm_ids)
     rows = []
     for cell_id, entry in sorted(cells.items(), key=lambda kv: kv[1].get("index", 0)):
-        rows.append({"cell": cell_id, **_cell_state(entry, sacct)})
+        rows.append({"cell": cell_id, **_cell_state(entry, sacct, sacct_error)})
     return rows
 
 
@@ -122,6 +176,10 @@ def format_status(rows: list[dict[str, Any]], name: str = "") -> str:
             ]
             if row["log"]:
                 lines += ["  log tail:"] + [f"    {line}" for line in row["log"].splitlines()]
+    unknown = [row for row in rows if row["state"] == "unknown"]
+    if unknown:
+        lines += ["", f"UNKNOWN ({len(unknown)} cell(s)): {unknown[0]['error']}."]
+        lines += ["  Submitting the sweep again skips them; check with squeue/sacct, then --force resubmits them."]
     return "\n".join(lines)
 
 

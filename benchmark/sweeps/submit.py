@@ -100,7 +100,17 @@ class _DeferredRequeue:
         request_stop()
 
     def checkpoint_and_try_requeue(self, signum: int) -> None:
-        self._handler.checkpoint_and_try_requeue(signum)
+        import subprocess
+
+        try:
+            self._handler.checkpoint_and_try_requeue(signum)
+        except subprocess.CalledProcessError:  # submitit's `scontrol requeue` refused
+            # Under PreemptMode=REQUEUE SLURM has already requeued a pre-empted job ("Job is pending execution"):
+            # the checkpoint is written, so end this start quietly; the requeued job resumes from it.
+            print(
+                "SLURM refused `scontrol requeue` (a pre-empted job is requeued by SLURM itself); exiting.", flush=True
+            )
+            self.exit()
 
     def exit(self) -> None:
         self._handler._exit()
@@ -146,8 +156,12 @@ def _log_job_start(overrides: list[str]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- submission
-def prepare(spec_path: str | Path, sweep_dir: str | Path | None = None) -> Prepared:
-    """Load the spec, expand and validate every cell, and find those already complete."""
+def prepare(spec_path: str | Path, sweep_dir: str | Path | None = None, force: bool = False) -> Prepared:
+    """Load the spec, expand and validate every cell, and find those already complete, queued or running.
+
+    A cell whose job the scheduler cannot account for (``sacct`` failed, or has no record of it) may still be
+    live: it is held back (``Prepared.unknown``) unless ``force``, so that no run gets two jobs at once.
+    """
     spec = load_spec(spec_path)
     sweep_dir = Path(sweep_dir or DEFAULT_SWEEPS_ROOT / spec.name).resolve()
     out_dir = spec.data.get("out_dir") or sweep_dir / "runs"
@@ -155,11 +169,15 @@ def prepare(spec_path: str | Path, sweep_dir: str | Path | None = None) -> Prepa
     validate_cells(cells)
     complete = {c.cell_id for c in cells if records.is_complete(records.read_record(c.run_dir))}
     active: set[str] = set()
+    unknown: dict[str, str] = {}
     if (sweep_dir / MANIFEST).exists():  # never start a second job on a run that is queued or running
         from benchmark.sweeps.status import sweep_status
 
-        active = {r["cell"] for r in sweep_status(sweep_dir) if r["state"] in ("pending", "running")}
-    return Prepared(spec, sweep_dir, cells, complete, active - complete)
+        rows = sweep_status(sweep_dir)
+        active = {r["cell"] for r in rows if r["state"] in ("pending", "running")}
+        if not force:
+            unknown = {r["cell"]: r["error"] for r in rows if r["state"] == "unknown" and r["cell"] not in complete}
+    return Prepared(spec, sweep_dir, cells, complete, active - complete, unknown)
 
 
 def _resource_groups(cells: list[Cell]) -> list[tuple[dict[str, Any], list[Cell]]]:
@@ -185,6 +203,8 @@ def dry_run(prepared: Prepared) -> str:
             if cell.cell_id in prepared.complete
             else "queued/running (skipped)"
             if cell.cell_id in prepared.active
+            else "state unknown (skipped; --force submits it)"
+            if cell.cell_id in prepared.unknown
             else "to submit"
         )
         lines.append(f"  {cell.index:3d}  {cell.cell_id:<{width}}  {state:<18}  {cell.run_dir}")
@@ -282,14 +302,16 @@ def main(
     local: bool = False,
     max_parallel: int = 2,
     allow_dirty: bool = False,
+    force: bool = False,
 ) -> int:
-    """The ``sweep`` command."""
-    prepared = prepare(spec, sweep_dir)
+    """The ``sweep`` command (exit status 1 when cells of unknown state were held back)."""
+    prepared = prepare(spec, sweep_dir, force=force)
     if dry:
         print(dry_run(prepared))
         if records.git_info().get("dirty") and not allow_dirty:
             print("\nNote: the checkout has uncommitted changes; submitting needs a commit or --allow-dirty.")
         return 0
+    held = _report_unknown(prepared)
     if local:
         from benchmark.sweeps.local import run_local
 
@@ -302,9 +324,10 @@ def main(
     if not prepared.pending:
         print(
             f"Nothing to submit: of {len(prepared.cells)} cells of '{prepared.spec.name}', "
-            f"{len(prepared.complete)} are complete and {len(prepared.active)} queued or running."
+            f"{len(prepared.complete)} are complete, {len(prepared.active)} queued or running"
+            + (f" and {len(prepared.unknown)} of unknown state." if prepared.unknown else ".")
         )
-        return 0
+        return held
     manifest = submit(prepared, allow_dirty=allow_dirty)
     last = manifest["submissions"][-1]
     print(
@@ -313,4 +336,18 @@ def main(
     )
     print(f"Manifest: {prepared.sweep_dir / MANIFEST}")
     print(f"Follow it with: {Path(sys.executable).name} -m benchmark status {prepared.sweep_dir}")
-    return 0
+    return held
+
+
+def _report_unknown(prepared: Prepared) -> int:
+    """Say which cells were held back because their job's state is unknown; 1 if any were."""
+    if not prepared.unknown:
+        return 0
+    why = next(iter(prepared.unknown.values()))
+    print(
+        f"Not resubmitting {len(prepared.unknown)} cell(s) whose job state is unknown ({why}): "
+        f"{', '.join(sorted(prepared.unknown))}. A second job would train the same run twice. Check with "
+        "squeue/sacct; once they are not queued or running, submit again with --force.",
+        file=sys.stderr,
+    )
+    return 1
