@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from benchmark.world import supervisor as ws
 from benchmark.data.base import load_card
+from benchmark.world import supervisor as ws
 from benchmark.world.data import encode_answer, target_answer, to_pixels, world_tokenizer
 from methods.saga._grpo import parse_verdict
 from methods.saga._prompt import build_prompt
