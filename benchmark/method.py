@@ -99,6 +99,15 @@ class Method(nn.Module):
     url: ClassVar[str] = ""  # arXiv or proceedings link
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     trains: ClassVar[bool] = True  # False for methods evaluated zero-shot (``pretrained``)
+    #: The protocol (``protocols/<name>.yaml``) the method belongs to: its runs use it unless ``protocol=`` says
+    #: otherwise (None: the dataset card's protocol). SAGA belongs to ``saga``, the setting of its paper.
+    protocol: ClassVar[str | None] = None
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> str | None:
+        """What this method cannot run without: a one-line reason the composed config cannot work (and the fix), or
+        None. Called when the config is composed, before any data or weights are read. Default: no requirement."""
+        return None
 
     def __init__(self, cfg: Any, task: TaskInfo) -> None:
         super().__init__()
