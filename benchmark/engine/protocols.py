@@ -40,7 +40,7 @@ def list_protocols() -> dict[str, dict[str, Any]]:
     """Every protocol in ``protocols/`` by name."""
     found = {}
     for path in sorted(PROTOCOLS_DIR.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
         if data.get("name") != path.stem:
             raise ProtocolError(f"{path}: 'name' must be the file's name ({path.stem}), got {data.get('name')!r}.")
         found[path.stem] = data

@@ -120,9 +120,11 @@ def library_versions() -> dict[str, str]:
 
 
 def protocol_fields(cfg: Any, split_spec: dict[str, Any], eval_settings: dict[str, Any]) -> dict[str, Any]:
-    """What defines the protocol: dataset and split version, input size and transforms, the metric definitions."""
+    """What defines the protocol: its name (``protocols/<name>.yaml``), dataset and split version, input size and
+    transforms, the metric definitions. Runs under different protocols never share a leaderboard table."""
     return {
         "protocol_version": PROTOCOL_VERSION,
+        "protocol": cfg.get("protocol"),
         "dataset": cfg.dataset.name,
         "split": split_spec,
         "val_fraction": cfg.dataset.val_fraction if cfg.eval.selection == "val" else None,

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from benchmark.config import config_hash
 from benchmark.data.base import DatasetSplits, carve_validation, load_dataset
 from benchmark.engine import distributed
-from benchmark.engine.encoder import Encoder
+from benchmark.engine.encoder import Encoder, preflight_backbone
 from benchmark.engine.pipeline import ImageDataset, ListBatchSampler, build_transforms, epoch_batches
 from benchmark.engine.record_writer import RecordWriter
 from benchmark.method import Method, TaskInfo
@@ -111,6 +111,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         self.method_cls = get_method(cfg.method.name)
+        preflight_backbone(cfg.backbone)  # missing weights fail here, before the dataset is read
         self.splits: DatasetSplits = load_dataset(
             cfg.dataset.name, cfg.dataset.root, strict=cfg.dataset.strict, **dict(cfg.dataset.options or {})
         )
