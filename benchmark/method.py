@@ -3,7 +3,8 @@
 A method owns its loss and any parameters the loss needs (proxies, a training-only head); the engine owns the
 encoder's construction, the optimiser, the schedule, the sampler, augmentation, evaluation and model selection.
 A method can only add parameter groups (with a learning-rate multiplier taken from its paper, or the absolute learning
-rate its paper gives for those parameters) and compute its loss.
+rate its paper gives for those parameters) and compute its loss. It may declare the protocol it belongs to
+(``protocol``, e.g. SAGA's ``saga``) and what it cannot run without (``check_config``, checked at compose time).
 
 A minimal plugin, saved as ``methods/my_loss.py``::
 
