@@ -259,3 +259,10 @@ def test_sampler_constraints_fail_at_compose_with_the_batch_that_fits():
         compose_config(["method=hyp_vit", "dataset=aircraft", "train.m_per_class=9", "train.batch_size=900"])
     with pytest.raises(ConfigError, match="eval.selection=last"):
         compose_config(["dataset=digits", "eval.selection=val"])
+
+
+def test_unknown_protocol_names_the_nearest():
+    from benchmark.registry import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="Unknown protocol 'sag'. Did you mean 'saga'"):
+        compose_config(["protocol=sag"])
