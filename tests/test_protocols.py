@@ -156,7 +156,8 @@ def test_saga_protocol_runs_on_a_miniature_aircraft_with_a_saved_checkpoint(tmp_
         mllm._SUPERVISORS.pop(str(ckpt), None)
     record = _record(capsys.readouterr().out)
     assert record["status"] == "completed" and record["config"]["protocol"] == "saga"
-    assert record["protocol"]["fields"]["protocol"] == "saga" and record["selection"]["rule"] == "last"
+    assert record["protocol"]["name"] == record["protocol"]["fields"]["protocol"] == "saga"  # in the protocol hash
+    assert record["selection"]["rule"] == "last"
     assert record["config"]["train"]["lr"] == 2e-5 and record["data"]["transform"] == "saga"
 
 

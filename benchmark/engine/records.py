@@ -5,7 +5,7 @@ Schema (version 1), one file per run directory::
     schema_version, run_id, status ("running" | "completed" | "failed"), error, method, dataset, seed,
     backbone {...}, data {...}, splits {train|val|test: {classes, images}},
     selection {rule, metric, epoch}, metrics {test: {...}, val: {...} | null}, attribute_probe {...} | null,
-    history [...], method_info {...}, diagnostics {...}, protocol {hash, version, fields}, config_hash, config {...},
+    history [...], method_info {...}, diagnostics {...}, protocol {name, hash, version, fields}, config_hash, config {...},
     git {sha, dirty}, versions {...}, timings {...}, evaluation {...}
 
 Metric keys: ``recall@1``, ``recall@2``, ``recall@4``, ``recall@8``, ``map@r``, ``r_precision``, ``nmi`` (fractions).
