@@ -95,7 +95,13 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     defaults: list[Any] = field(
-        default_factory=lambda: ["_self_", {"method": "proxy_anchor"}, {"dataset": "attributes"}, {"backbone": "timm"}]
+        default_factory=lambda: [
+            "_self_",
+            {"method": "proxy_anchor"},
+            {"dataset": "attributes"},
+            {"backbone": "timm"},
+            {"protocol": "none"},
+        ]
     )
     method: Any = None
     dataset: Any = None
@@ -103,6 +109,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # The protocol (protocols/<name>.yaml) the run's settings come from; chosen by protocol=, the method, or the
+    # dataset card (benchmark/engine/protocols.py). Its values are all in the config; the name labels the record.
+    protocol: str = "none"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out_dir: str = "runs"
@@ -114,6 +123,7 @@ class RunConfig:
 
 #: Config fields that do not change a run's result (excluded from the config hash that names the run).
 NON_RESULT_KEYS = (
+    "protocol",  # a label: the values it stands for are in the config (and a run keeps its hash from before protocols)
     "seed",
     "out_dir",
     "run_name",
@@ -132,16 +142,21 @@ NON_RESULT_KEYS = (
 )
 
 _REGISTERED = False
+#: The config groups (``group=option`` on the command line) and what their options are called in errors.
+GROUPS = {"method": "method", "dataset": "dataset", "backbone": "backbone preset", "protocol": "protocol"}
 
 
 def register_configs() -> None:
     """Store the schemas, one ``dataset`` option per card and every method's config in the ConfigStore."""
     global _REGISTERED
     from benchmark.data.base import list_cards
+    from benchmark.engine.protocols import list_protocols
 
     cs = ConfigStore.instance()
     for name in list_cards():  # re-read each time: a card added to datasets/ is an option at once
         cs.store(group="dataset", name=name, node=DatasetConfig(name=name))
+    for name in list_protocols():  # each run stores its resolved values under its choice (compose_config)
+        cs.store(group="protocol", name=name, node={"protocol": name}, package="_global_")
     if _REGISTERED:
         return
     from benchmark.engine.encoder import list_backbone_kinds
@@ -161,14 +176,10 @@ def _check_group_choices(overrides: list[str]) -> None:
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.lstrip("+~")
-        if sep and key in ("method", "dataset", "backbone"):
+        if sep and key in GROUPS:
             options = [n.removesuffix(".yaml") for n in repo.get(key, {})]
             if value not in options:
-                raise UnknownNameError(
-                    suggest(
-                        value, options, {"method": "method", "dataset": "dataset", "backbone": "backbone preset"}[key]
-                    )
-                )
+                raise UnknownNameError(suggest(value, options, GROUPS[key]))
 
 
 def _explain_unknown_key(err: Exception, overrides: list[str], cfg_probe: DictConfig | None) -> str:
@@ -192,20 +203,90 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     overrides = [f"++{o}" if o.startswith("dataset.options.") else o for o in (overrides or [])]
     register_configs()
     _check_group_choices(overrides)
+    overrides, card = _apply_protocol(overrides)
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize(version_base=None, config_path=None):
         try:
             cfg = compose(config_name="run", overrides=overrides)
         except ConfigCompositionException as err:
-            groups_only = [o for o in overrides if o.partition("=")[0] in ("method", "dataset", "backbone")]
+            groups_only = [o for o in overrides if o.partition("=")[0] in GROUPS]
             try:
                 probe = compose(config_name="run", overrides=groups_only)
             except ConfigCompositionException:
                 probe = None
             raise ConfigError(_explain_unknown_key(err.__cause__ or err, overrides, probe)) from None
     _validate(cfg)
+    _check_method_requirements(cfg)
+    _check_sampler(cfg, card)
     return cfg
+
+
+def _group_choice(overrides: list[str], group: str) -> str | None:
+    chosen = [o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == group]
+    return chosen[-1] if chosen else None
+
+
+def _apply_protocol(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Choose the run's protocol and store its values for this dataset, method and backbone as the ``protocol``
+    group's option (read before composing: no data is touched). Returns the overrides with the protocol (and its
+    backbone preset, unless the command line chose one) selected, and the dataset card."""
+    from benchmark.data.base import load_card
+    from benchmark.engine.protocols import ProtocolError, choose_protocol, nest, resolve_protocol
+    from benchmark.registry import get_method
+
+    method = _group_choice(overrides, "method") or "proxy_anchor"
+    card = load_card(_group_choice(overrides, "dataset") or "attributes")
+    name = choose_protocol(_group_choice(overrides, "protocol"), get_method(method), card)
+    backbone = _group_choice(overrides, "backbone")
+    try:
+        preset, values = resolve_protocol(name, card, method, backbone)
+    except ProtocolError as err:
+        raise ConfigError(str(err)) from None
+    ConfigStore.instance().store(
+        group="protocol", name=name, node={"protocol": name, **nest(values)}, package="_global_"
+    )
+    extra = [] if _group_choice(overrides, "protocol") else [f"protocol={name}"]
+    if preset and not backbone:
+        extra.append(f"backbone={preset}")
+    return extra + overrides, card
+
+
+def _check_method_requirements(cfg: DictConfig) -> None:
+    """What the method cannot run without (``Method.check_config``), before any data or weights are read."""
+    from benchmark.registry import get_method
+
+    problem = get_method(cfg.method.name).check_config(cfg)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _check_sampler(cfg: DictConfig, card: dict[str, Any]) -> None:
+    """The m-per-class sampler's and the validation carve-out's constraints, from the card's expected class counts
+    (a full copy of the dataset; reader options that change the classes skip the check)."""
+    from benchmark.engine.protocols import expected_training_classes
+
+    if cfg.dataset.options:
+        return
+    total = (card.get("expected") or {}).get("train_classes")
+    selection, fraction = cfg.eval.selection, float(cfg.dataset.val_fraction)
+    if total and selection == "val":
+        n_val = total - expected_training_classes(card, fraction, "val")
+        if n_val < 2 or n_val >= total - 1:
+            raise ConfigError(
+                f"dataset.val_fraction={fraction} leaves {n_val} validation classes of {cfg.dataset.name}'s {total} "
+                "training classes; class-disjoint selection needs at least 2 of each. Change dataset.val_fraction, "
+                "or select the last epoch with eval.selection=last."
+            )
+    classes = expected_training_classes(card, fraction, selection)
+    per_batch = cfg.train.batch_size // cfg.train.m_per_class
+    if classes is not None and per_batch > classes:
+        left = " after the validation carve-out" if selection == "val" else ""
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} / train.m_per_class={cfg.train.m_per_class} needs {per_batch} "
+            f"classes per batch but {cfg.dataset.name} has {classes} training classes{left}: use "
+            f"train.batch_size={classes * cfg.train.m_per_class} or less (a multiple of {cfg.train.m_per_class})."
+        )
 
 
 class ConfigError(ValueError):

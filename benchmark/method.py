@@ -3,7 +3,8 @@
 A method owns its loss and any parameters the loss needs (proxies, a training-only head); the engine owns the
 encoder's construction, the optimiser, the schedule, the sampler, augmentation, evaluation and model selection.
 A method can only add parameter groups (with a learning-rate multiplier taken from its paper, or the absolute learning
-rate its paper gives for those parameters) and compute its loss.
+rate its paper gives for those parameters) and compute its loss. It may declare the protocol it belongs to
+(``protocol``, e.g. SAGA's ``saga``) and what it cannot run without (``check_config``, checked at compose time).
 
 A minimal plugin, saved as ``methods/my_loss.py``::
 
@@ -113,6 +114,15 @@ class Method(nn.Module):
     url: ClassVar[str] = ""  # arXiv or proceedings link
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     trains: ClassVar[bool] = True  # False for methods evaluated zero-shot (``pretrained``)
+    #: The protocol (``protocols/<name>.yaml``) the method belongs to: its runs use it unless ``protocol=`` says
+    #: otherwise (None: the dataset card's protocol). SAGA belongs to ``saga``, the setting of its paper.
+    protocol: ClassVar[str | None] = None
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> str | None:
+        """What this method cannot run without: a one-line reason the composed config cannot work (and the fix), or
+        None. Called when the config is composed, before any data or weights are read. Default: no requirement."""
+        return None
 
     def __init__(self, cfg: Any, task: TaskInfo) -> None:
         super().__init__()

@@ -220,11 +220,11 @@ def resolve_checkpoint_dir(name: str) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]))
-    except Exception as err:  # offline, gated, unknown id
+    except Exception as err:  # offline, gated, unknown id (one line: the hub's own message spans several)
         raise BackboneWeightsError(
-            f"Could not find the MLLM checkpoint '{name}' ({type(err).__name__}: {err}). Pass a hub id that is in "
-            "the local Hugging Face cache, or download it elsewhere (e.g. `hf download Qwen/Qwen3-VL-8B-Instruct "
-            "--local-dir DIR`) and pass backbone.name=DIR; for tests use backbone.name=tiny-qwen3-vl."
+            f"The MLLM checkpoint '{name}' is not in the local Hugging Face cache and could not be downloaded "
+            f"({type(err).__name__}). Download it where the hub is reachable with `hf download {name} --local-dir "
+            "DIR` and pass backbone.name=DIR (a CPU smoke test: backbone=tiny_qwen3_vl)."
         ) from err
 
 
@@ -276,7 +276,13 @@ def load_vision_tower(path: Path, name: str = "") -> nn.Module:
     return InternVLVisionTower(vision, projector, config, name or str(path))
 
 
-@register_backbone("mllm_vision")
+def _locate_checkpoint(cfg: Any) -> None:
+    """Preflight: the checkpoint directory exists, is cached or is fetched now (else the download command)."""
+    if str(cfg.name) not in TINY_FAMILIES:
+        resolve_checkpoint_dir(str(cfg.name))
+
+
+@register_backbone("mllm_vision", preflight=_locate_checkpoint)
 def build_mllm_vision_backbone(cfg: Any) -> BackboneOutput:
     """The MLLM's vision tower: ``backbone.name`` = hub id, local directory, ``tiny-qwen3-vl`` or ``tiny-internvl``."""
     name = str(cfg.name)

@@ -39,16 +39,30 @@ class BackboneOutput:
 
 BackboneBuilder = Callable[[Any], BackboneOutput]
 _BACKBONES: dict[str, BackboneBuilder] = {}
+_PREFLIGHT: dict[str, Callable[[Any], None]] = {}
 
 
-def register_backbone(kind: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    """Register a builder ``fn(backbone_cfg) -> BackboneOutput`` for ``backbone.kind=<kind>``."""
+def register_backbone(
+    kind: str, preflight: Callable[[Any], None] | None = None
+) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register a builder ``fn(backbone_cfg) -> BackboneOutput`` for ``backbone.kind=<kind>``; ``preflight(cfg)``,
+    if given, raises :class:`BackboneWeightsError` at once when the weights cannot be found (before data is read)."""
 
     def wrap(fn: BackboneBuilder) -> BackboneBuilder:
         _BACKBONES[kind] = fn
+        if preflight is not None:
+            _PREFLIGHT[kind] = preflight
         return fn
 
     return wrap
+
+
+def preflight_backbone(cfg: Any) -> None:
+    """Fail fast, before any data is read, when the backbone's weights cannot be found (kinds that can tell)."""
+    _import_builtin_backbones()
+    check = _PREFLIGHT.get(cfg.kind)
+    if check is not None:
+        check(cfg)
 
 
 def list_backbone_kinds() -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from benchmark.data.base import list_cards
 from benchmark.engine.encoder import list_backbone_kinds
+from benchmark.engine.protocols import describe_protocols
 from benchmark.registry import list_methods
 
 
@@ -12,6 +13,8 @@ def listing_lines() -> list[str]:
     for name, cls in list_methods().items():
         year = f" ({cls.year})" if cls.year else ""
         lines.append(f"  {name:<20} {cls.paper}{year}")
+        if getattr(cls, "protocol", None):
+            lines.append(f"  {'':<20} protocol: {cls.protocol} (its runs use it unless protocol= says otherwise)")
         recommended = getattr(cls, "recommended", None)
         if recommended:
             lines.append(f"  {'':<20} recommended: {' '.join(f'{k}={v}' for k, v in recommended.items())}")
@@ -21,8 +24,10 @@ def listing_lines() -> list[str]:
         where = "embedded, no download" if card.get("needs_root") is False else "needs dataset.root"
         lines.append(
             f"  {name:<20} {card.get('title', '')} — {counts.get('classes', '?')} classes, "
-            f"{counts.get('images', '?')} images ({where})"
+            f"{counts.get('images', '?')} images ({where}; protocol {card.get('protocol', 'none')})"
         )
+    lines.append("protocols (protocol=NAME; protocols/NAME.yaml):")
+    lines += describe_protocols()
     lines.append("backbones:")
     for kind in list_backbone_kinds():
         if kind == "timm":

@@ -5,7 +5,7 @@ Schema (version 1), one file per run directory::
     schema_version, run_id, status ("running" | "completed" | "failed"), error, method, dataset, seed,
     backbone {...}, data {...}, splits {train|val|test: {classes, images}},
     selection {rule, metric, epoch}, metrics {test: {...}, val: {...} | null}, attribute_probe {...} | null,
-    history [...], method_info {...}, diagnostics {...}, protocol {hash, version, fields}, config_hash, config {...},
+    history [...], method_info {...}, diagnostics {...}, protocol {name, hash, version, fields}, config_hash, config {...},
     git {sha, dirty}, versions {...}, timings {...}, evaluation {...}
 
 Metric keys: ``recall@1``, ``recall@2``, ``recall@4``, ``recall@8``, ``map@r``, ``r_precision``, ``nmi`` (fractions).
@@ -120,9 +120,11 @@ def library_versions() -> dict[str, str]:
 
 
 def protocol_fields(cfg: Any, split_spec: dict[str, Any], eval_settings: dict[str, Any]) -> dict[str, Any]:
-    """What defines the protocol: dataset and split version, input size and transforms, the metric definitions."""
+    """What defines the protocol: its name (``protocols/<name>.yaml``), dataset and split version, input size and
+    transforms, the metric definitions. Runs under different protocols never share a leaderboard table."""
     return {
         "protocol_version": PROTOCOL_VERSION,
+        "protocol": cfg.get("protocol"),
         "dataset": cfg.dataset.name,
         "split": split_spec,
         "val_fraction": cfg.dataset.val_fraction if cfg.eval.selection == "val" else None,

@@ -35,7 +35,7 @@ from benchmark.engine.control import (  # noqa: F401 (re-exported: the sweeps an
     request_stop,
     stop_on_signals,
 )
-from benchmark.engine.encoder import Encoder
+from benchmark.engine.encoder import Encoder, preflight_backbone
 from benchmark.engine.optim import create_optimizer, method_optimizer_groups
 from benchmark.engine.pipeline import (
     ImageDataset,
@@ -112,6 +112,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         self.method_cls = get_method(cfg.method.name)
+        preflight_backbone(cfg.backbone)  # missing weights fail here, before the dataset is read
         self.splits: DatasetSplits = load_dataset(
             cfg.dataset.name, cfg.dataset.root, strict=cfg.dataset.strict, **dict(cfg.dataset.options or {})
         )

@@ -8,7 +8,8 @@ A spec::
     resources: {gpus: 1, time_min: 720}  # on top of the profile
     out_dir: null                      # where the runs go (default: <sweep dir>/runs)
     overrides: [backbone.name=vit_small_patch16_224]   # every cell
-    use_recommended: false             # true: each method's ``recommended`` settings come after ``overrides``
+    use_recommended: false             # true: each method's ``recommended`` settings (never its epochs or steps)
+                                       # come after ``overrides``
     grid:                              # a mapping (one cartesian product) or a list of them (their union)
       method: [pretrained, proxy_anchor]
       dataset: [cub, cars]
@@ -141,12 +142,19 @@ def _matches(match: dict[str, Any], assign: dict[str, Any]) -> bool:
     return True
 
 
+#: The training budget a protocol gives every method: a method's ``recommended`` settings never change it in a sweep
+#: (e.g. Potential Field's third-party 200 epochs would otherwise train it 200 epochs where the others train 60).
+BUDGET_KEYS = ("train.epochs", "train.steps_per_epoch")
+
+
 def _recommended(method: Any) -> list[str]:
-    """A method's own recommended engine settings (its class attribute ``recommended``) as overrides."""
+    """A method's own recommended engine settings (its class attribute ``recommended``) as overrides, without the
+    budget (:data:`BUDGET_KEYS`), which stays the protocol's and the spec's."""
     from benchmark.registry import list_methods
 
     cls = list_methods().get(str(method))  # an unknown method is reported when the cell is validated
-    return [f"{k}={format_value(v)}" for k, v in (getattr(cls, "recommended", None) or {}).items()]
+    recommended = getattr(cls, "recommended", None) or {}
+    return [f"{k}={format_value(v)}" for k, v in recommended.items() if k not in BUDGET_KEYS]
 
 
 def _dedupe(overrides: list[str]) -> list[str]:

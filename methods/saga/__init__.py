@@ -84,23 +84,22 @@ class SAGA(Method):
     url = "https://arxiv.org/abs/2606.15134"
     config_class = SAGAConfig
     needs_mllm: ClassVar[bool] = True  # the training step needs an MLLM supervisor (backbone.kind=mllm_vision)
-    #: The paper's engine settings (App. B, App. A) as config overrides; the pooler's 1e-4 is pooler_lr_mult=5.
-    recommended: ClassVar[dict[str, Any]] = {
-        "backbone.kind": "mllm_vision",  # = the backbone=mllm_vision preset
-        "backbone.name": "Qwen/Qwen3-VL-8B-Instruct",  # §7 item 1 (ours); App. C.2: OpenGVLab/InternVL3_5-8B-HF
-        "backbone.pretrained": True,
-        "backbone.embedding_dim": None,  # no encoder head: SAGA's pooler and W_o replace it
-        "backbone.freeze_bn": False,
-        "data.transform": "saga",  # App. A: resize to 224², no crop (§7 item 4)
-        "data.image_size": 224,  # 49 tokens per image
-        "train.lr": 2e-5,  # App. B (encoder); the pooler's 1e-4 is method.pooler_lr_mult=5
-        "train.epochs": 3,
-        "train.warmup_epochs": 0.15,  # 5 % of 3 epochs
-        "train.grad_clip": 1.0,
-        "train.batch_size": 64,
-        "train.m_per_class": 4,  # 16 classes × 4 (§7 item 5, ours)
-        "train.precision": "auto",  # bf16 autocast on GPU
-    }
+    #: The paper's engine settings (App. A/B: tower, 224 px, 3 epochs, 5 % warm-up, lr 2e-5, batch 64, last epoch)
+    #: are the ``saga`` protocol (protocols/saga.yaml); the pooler's 1e-4 is pooler_lr_mult=5.
+    protocol: ClassVar[str] = "saga"
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> str | None:
+        """GRPO and KL need a multimodal LLM's language model: the backbone's own (an MLLM tower) or method.supervisor."""
+        m, b = cfg.method, cfg.backbone
+        if (m.use_grpo or m.use_kl) and b.kind != "mllm_vision" and not m.supervisor:
+            return (
+                f"SAGA's GRPO and KL terms need a multimodal LLM as supervisor, and backbone.kind={b.kind} "
+                f"({b.name or 'the dataset default'}) has none: use protocol={cls.protocol} (the paper's Qwen3-VL-8B "
+                "tower), backbone=mllm_vision backbone.name=HUB_ID_OR_DIR, or method.supervisor=<MLLM> with this "
+                "encoder (or method.use_grpo=false method.use_kl=false)."
+            )
+        return None
 
     def __init__(self, cfg: Any, task: TaskInfo) -> None:
         super().__init__(cfg, task)
