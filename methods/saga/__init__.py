@@ -18,9 +18,8 @@ decoding-time ones it is checked against (``log_ratio_max``) are those of the **
 log-softmax. The paper writes ``log pi_theta(y_t | ...)`` and says nothing about T there (docs/saga-method.md §2.2),
 so this is ours: the policy is the frozen LM as it is, the temperature only a sampling device.
 
-The loss balance (Eq. 8) is visible in the record: every ``grad_norm_every`` steps, the gradient norm of each weighted
-term (DML, GRPO, KL) on each parameter group (tower, pooler query, W_k, W_o, proxies) goes into ``diagnostics`` as
-``grad_norm_<term>_<group>`` (medians over the measured steps); see :mod:`._diagnostics` and ``lambda_kl`` below.
+The loss balance (Eq. 8) is in the record: ``grad_norm_<term>_<group>``, each weighted term's gradient norm on each
+parameter group (tower, pooler query, W_k, W_o, proxies), medians over every ``grad_norm_every``-th step.
 """
 
 from __future__ import annotations
@@ -342,12 +341,8 @@ class SAGA(Method):
         loss_grpo, loss_kl = self._policy_terms(sup, buffer, feats_list, stats) if self.uses_llm else (0.0, 0.0)
         t_replay = time.perf_counter() - tc
         loss_dml = torch.stack(dml).sum()
-        weighted = {
-            "dml": cfg.lambda_dml * loss_dml,
-            "grpo": cfg.lambda_grpo * loss_grpo,
-            "kl": cfg.lambda_kl * loss_kl,
-        }
-        loss = sum(weighted.values())
+        terms = (cfg.lambda_dml * loss_dml, cfg.lambda_grpo * loss_grpo, cfg.lambda_kl * loss_kl)
+        weighted, loss = dict(zip(("dml", "grpo", "kl"), terms, strict=True)), sum(terms)
         if cfg.grad_norm_every > 0 and self._totals.t["steps"] % cfg.grad_norm_every == 0 and loss.requires_grad:
             self._grad_norms.add(term_grad_norms(weighted, self._balance_groups(encoder)))
         out = {
