@@ -72,8 +72,8 @@ class SAGAConfig(MethodConfig):
     kl_include_keys: bool = False  # ours (§7 item 9): A_a/A_b are the attribute values' tokens only
     lambda_dml: float = 1.0  # Eq. 8: unit weights
     lambda_grpo: float = 1.0
-    # ours: KL and DML gradients on the pooler comparable (README, attributes world); 1.0 is the paper's literal Eq. 8
-    lambda_kl: float = 0.01
+    # ours: KL ~ DML gradient on the pooler (at 1, the paper's Eq. 8, KL's was 25x DML's on q and W_k: README)
+    lambda_kl: float = 0.04
     adv_eps: float = 1e-6  # ours (§7 item 12)
     adv_unbiased: bool = True  # ours (§7 item 12): matches the paper's figure example
     gradient_checkpointing: bool = True  # ours (§7 item 20): in the frozen LM during the replay
