@@ -458,14 +458,14 @@ def evaluate(
 def _summary(path: Path) -> str:
     card = read_card(path)
     held, train = card["metrics"]["held_out"], card["metrics"]["train_classes"]
-    room = card["metrics"].get("headroom")
+    room, build = card["metrics"].get("headroom"), card["build"]
     per_attr = ", ".join(f"{a} {v:.2f}" for a, v in held["attribute_accuracy_per_attribute"].items())
     return "\n".join(
         [
             f"{card['name']} at {path}",
             f"  {card['architecture']}, {card['parameters'] / 1e6:.2f} M parameters, recipe v{card['recipe_version']}, "
-            f"seed {card['build']['seed']}, {card['build']['steps']} steps, built in {card['build_seconds']:.0f} s "
-            f"on {card['torch_threads']} threads",
+            f"seed {build['seed']}, {build['vision_steps']} vision + {build['steps']} language steps, built in "
+            f"{card['build_seconds']:.0f} s on {card['torch_threads']} threads",
             f"  trained on {card['trained_on']}",
             f"  held-out classes: verdict accuracy {held['verdict_accuracy']:.3f} (same {held['verdict_accuracy_same']:.3f}"
             f", different {held['verdict_accuracy_different']:.3f}), attribute accuracy "
