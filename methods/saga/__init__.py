@@ -343,7 +343,7 @@ class SAGA(Method):
         loss_dml = torch.stack(dml).sum()
         terms = (cfg.lambda_dml * loss_dml, cfg.lambda_grpo * loss_grpo, cfg.lambda_kl * loss_kl)
         weighted, loss = dict(zip(("dml", "grpo", "kl"), terms, strict=True)), sum(terms)
-        if cfg.grad_norm_every > 0 and self._totals.t["steps"] % cfg.grad_norm_every == 0 and loss.requires_grad:
+        if cfg.grad_norm_every > 0 and self._totals.steps % cfg.grad_norm_every == 0 and loss.requires_grad:
             self._grad_norms.add(term_grad_norms(weighted, self._balance_groups(encoder)))
         out = {
             "loss": loss,

@@ -61,6 +61,10 @@ class RunTotals:
     def __init__(self) -> None:
         self.t: dict[str, float] = defaultdict(float)
 
+    @property
+    def steps(self) -> int:
+        return int(self.t["steps"])
+
     def add(self, out: dict[str, Any], stats: dict[str, float], buffer: Any) -> None:
         t = self.t
         t["steps"] += 1
