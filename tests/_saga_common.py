@@ -48,6 +48,7 @@ def _method(encoder: Encoder, **overrides):
     cls = get_method("saga")
     base = dict(metric_loss="potential_field", embedding_dim=32, group_size=4, num_pairs=1, pairs_per_batch=2)
     base |= dict(max_new_tokens=160, rollout_constraint="json_skeleton", max_refill_batches=2)
+    base |= dict(seed=0)  # a fixed sampling stream (the default, None, follows torch's seed, i.e. the run's)
     cfg = OmegaConf.structured(cls.config_class(**(base | overrides)))
     return cls(cfg, TaskInfo(num_classes=4, embedding_dim=encoder.embedding_dim, dataset="toy", card=CARD))
 

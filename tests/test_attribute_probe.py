@@ -258,6 +258,12 @@ def test_row_labels_follow_the_saga_switches():
     for (grpo, kl), label in cases.items():
         assert row_label("saga", {"method": {"use_grpo": grpo, "use_kl": kl}}) == label
     assert row_label("saga", {"method": {"use_grpo": False, "use_kl": False}}) == "saga (no GRPO, no KL)"
+    # the paper's literal KL weight is a row of its own (SAGA's default lambda_kl is ours); it matters only with KL
+    paper = {"use_grpo": True, "use_kl": True, "lambda_kl": 1.0}
+    assert row_label("saga", {"method": paper}) == "saga (λ_kl = 1)" == ROW_ORDER[6]
+    assert row_label("saga", {"method": paper | {"use_grpo": False}}) == "saga (KL only, λ_kl = 1)"
+    assert row_label("saga", {"method": paper | {"use_kl": False}}) == "saga (GRPO only)"
+    assert row_label("saga", {"method": paper | {"lambda_kl": 0.01}}) == "saga"
 
 
 def test_the_report_writes_its_three_files_with_rows_in_order(report_runs, tmp_path):
@@ -268,7 +274,7 @@ def test_the_report_writes_its_three_files_with_rows_in_order(report_runs, tmp_p
     results = pd.read_csv(paths["csv"])
     assert len(results) == len(written)
     assert list(dict.fromkeys(results["row"])) == EXPECTED_ROWS
-    assert EXPECTED_ROWS[:6] == list(ROW_ORDER)
+    assert EXPECTED_ROWS[:6] == list(ROW_ORDER[:6])
     saga = results[results["method"] == "saga"]
     assert set(zip(saga["row"], saga["use_grpo"], saga["use_kl"], strict=True)) == {
         ("saga", True, True),

@@ -46,7 +46,7 @@ def test_end_to_end_run_on_the_attribute_dataset_writes_a_complete_record(tmp_pa
         "train.progress=false", "data.num_workers=0", "eval.kmeans_restarts=2", "eval.selection=last",
         "method.metric_loss=proxy_anchor", "method.group_size=4", "method.num_pairs=1", "method.pairs_per_batch=2",
         "method.max_new_tokens=300", "method.rollout_constraint=json_skeleton", "method.embedding_dim=32",
-        f"out_dir={tmp_path / 'runs'}",
+        "method.grad_norm_every=1", "seed=3", f"out_dir={tmp_path / 'runs'}",
     ]  # fmt: skip
     record, run_dir = run(compose_config(overrides))
     assert records.is_complete(record)
@@ -57,6 +57,8 @@ def test_end_to_end_run_on_the_attribute_dataset_writes_a_complete_record(tmp_pa
     for key in ("reward_mean", "contributing_fraction", "refills_per_step", "loss_dml_mean", "loss_grpo_mean"):
         assert math.isfinite(diag[key])
     assert {g["name"] for g in on_disk["method_info"]["param_groups"]} == {"saga_pooler", "metric_proxies"}
+    assert diag["stream_seed"] == 3 == on_disk["seed"]  # the sampling streams follow the run's seed
+    assert diag["grad_norm_steps"] == 2 and diag["grad_norm_dml_pooler_out"] > 0 and diag["grad_norm_grpo_tower"] > 0
     epoch = on_disk["history"][0]
     assert {"loss_dml", "loss_grpo", "loss_kl", "reward_mean", "time_rollout_s"} <= set(epoch)
 

@@ -16,7 +16,14 @@ from methods.saga._prompt import build_prompt
 
 # A quick build: enough steps to learn the answer's format, not the attributes (the cached default learns those).
 QUICK = ws.BuildConfig(
-    vision_steps=100, steps=120, batch_size=8, warmup_steps=20, images_per_class=8, eval_pairs=6, eval_samples=4
+    vision_steps=100,
+    steps=120,
+    batch_size=8,
+    warmup_steps=20,
+    train_combinations=48,
+    images_per_class=8,
+    eval_pairs=6,
+    eval_samples=4,
 )
 
 
@@ -45,6 +52,42 @@ def test_target_answer_is_the_prompts_json_with_the_right_verdict(card):
         assert list(obj) == ["figure_1", "figure_2", "differences", "confidence", "reasoning", "same_class"]
 
 
+def test_generalist_combinations_avoid_every_benchmark_class_and_follow_the_seed(card):
+    """The supervisor's training combinations: distinct, none of the 96 benchmark classes (training or test), every
+    value of every attribute used, drawn independently (so attributes are not correlated as in the classes), and
+    the same for the same seed."""
+    import numpy as np
+
+    from benchmark.data.attributes import class_attribute_table
+    from benchmark.world.data import generalist_combinations
+
+    values = {a: list(v) for a, v in card["attribute_values"].items()}
+    benchmark_classes = list(class_attribute_table(0, 96).values())
+    draw = generalist_combinations(values, benchmark_classes, 2880, np.random.default_rng(0))
+    keys = {tuple(c.values()) for c in draw}
+    assert len(keys) == 2880 and not keys & {tuple(c[a] for a in values) for c in benchmark_classes}
+    assert all({c[a] for c in draw} == set(values[a]) for a in values)
+    shape = np.array([values["body shape"].index(c["body shape"]) for c in draw])
+    colour = np.array([values["body color"].index(c["body color"]) for c in draw])
+    assert abs(np.corrcoef(shape, colour)[0, 1]) < 0.1  # independent draws
+    assert draw == generalist_combinations(values, benchmark_classes, 2880, np.random.default_rng(0))
+    assert draw != generalist_combinations(values, benchmark_classes, 2880, np.random.default_rng(1))
+    with pytest.raises(ValueError, match="choose 1.."):
+        generalist_combinations(values, benchmark_classes, 30000, np.random.default_rng(0))
+
+
+def test_pair_sampler_neighbours_differ_in_exactly_one_attribute():
+    import numpy as np
+
+    from benchmark.data.attributes import class_attribute_table
+    from benchmark.world.data import PairSampler
+
+    table = list(class_attribute_table(0, 96).values())
+    sampler = PairSampler(table, 2, np.random.default_rng(0))
+    brute = [[d for d in range(96) if sum(table[c][a] != table[d][a] for a in table[c]) == 1] for c in range(96)]
+    assert sampler.neighbours == brute and sum(map(len, brute)) > 0
+
+
 def test_world_tokenizer_keeps_values_whole_and_the_answer_short(card):
     tok = world_tokenizer(card, build_prompt(card), 1500, seed=0)
     a = {k: v[-1] for k, v in card["attribute_values"].items()}
@@ -68,7 +111,9 @@ def test_quick_build_is_a_checkpoint_with_a_card(quick_supervisor):
     assert set(held["attribute_accuracy_per_attribute"]) == set(load_card("attributes")["attributes"])
     assert 0.0 <= held["verdict_accuracy"] <= 1.0
     assert held["parse_rate"] > 0.5  # 120 steps learn the answer's format
-    assert "training classes only" in card["trained_on"]
+    assert "none of them one of the 96 classes" in card["trained_on"]
+    room = card["metrics"]["headroom"]
+    assert room["recall@1_ceiling"] == 1.0 and 0.0 < room["recall@1_mean_pooled_tower"] < 1.0
 
 
 def test_supervisor_loads_through_the_checkpoint_path_and_gives_mixed_rewards(quick_supervisor, card):
@@ -143,7 +188,15 @@ def test_cli_show_prints_the_card_and_refuses_a_non_supervisor(quick_supervisor,
 def test_build_is_reproducible_from_its_seed(tmp_path):
     from safetensors.torch import load_file
 
-    tiny = ws.BuildConfig(vision_steps=3, steps=3, batch_size=2, vision_batch_size=4, images_per_class=2, eval_pairs=1)
+    tiny = ws.BuildConfig(
+        vision_steps=3,
+        steps=3,
+        batch_size=2,
+        vision_batch_size=4,
+        train_combinations=8,
+        images_per_class=2,
+        eval_pairs=1,
+    )
     weights = []
     for name in ("a", "b"):
         ws.build_supervisor(tiny, tmp_path / name, log=lambda _: None)
@@ -163,7 +216,7 @@ def test_card_evaluation_reads_answers_with_text_after_the_json(quick_supervisor
 
     clear_supervisors()
     sup, tower = load_supervisor(str(quick_supervisor)), load_vision_tower(quick_supervisor)
-    cfg = ws.BuildConfig(images_per_class=2, eval_pairs=2, eval_samples=2)
+    cfg = ws.BuildConfig(train_combinations=8, images_per_class=2, eval_pairs=2, eval_samples=2)
     world = ws._World(cfg)
     first = world.test_attrs[0]
     text = "".join(t for _, t in target_answer(card, first, first)) + " (done)"

@@ -2,7 +2,8 @@
 
 Everything is generated from the ``attributes`` dataset card and code: the SAGA prompt for that card
 (``methods/saga/_prompt.py``), target answers written from the known attributes of the two figures, and images of
-the **training classes only**. See :mod:`benchmark.world.supervisor` for the build itself.
+attribute combinations drawn from the **whole attribute space, none of them a benchmark class**
+(:func:`generalist_combinations`). See :mod:`benchmark.world.supervisor` for the build itself.
 """
 
 from __future__ import annotations
@@ -143,17 +144,43 @@ def encode_answer(tokenizer: Any, segments: list[tuple[str, str]], eos: int) -> 
     return AnswerTokens(list(enc["input_ids"]) + [eos], slots)
 
 
+def generalist_combinations(
+    values: dict[str, list[str]], exclude: list[dict[str, str]], n: int, rng: np.random.Generator
+) -> list[dict[str, str]]:
+    """``n`` distinct attribute combinations drawn uniformly and independently from the whole attribute space (every
+    value of every attribute, in any combination), none of them in ``exclude`` (the benchmark's classes).
+
+    This is the world's stand-in for an MLLM's pretraining: the supervisor learns to perceive attributes from the
+    world at large, not from the classes the benchmark trains and tests on, so what it says about an unseen class
+    comes from perception and not from class shortcuts (correlated attributes of a few classes).
+    """
+    names = list(values)
+    sizes = [len(values[a]) for a in names]
+    total = int(np.prod(sizes))
+    banned = {int(np.ravel_multi_index([values[a].index(c[a]) for a in names], sizes)) for c in exclude}
+    if not 0 < n <= total - len(banned):
+        raise ValueError(
+            f"Cannot draw {n} combinations: the attribute space has {total - len(banned)} outside the excluded "
+            f"classes; choose 1..{total - len(banned)}."
+        )
+    picked = [int(i) for i in rng.permutation(total) if int(i) not in banned][:n]
+    codes = np.stack(np.unravel_index(np.array(picked), sizes), axis=1)
+    return [{a: values[a][int(k)] for a, k in zip(names, row, strict=True)} for row in codes]
+
+
 class PairSampler:
     """Balanced same/different figure pairs from a set of classes; half the different pairs are one-attribute
-    neighbours (the hard case), the rest random other classes."""
+    neighbours (the hard case, where a class has one in the set), the rest random other classes."""
 
     def __init__(self, class_attrs: list[dict[str, str]], images_per_class: int, rng: np.random.Generator) -> None:
         self.class_attrs, self.per_class, self.rng = class_attrs, images_per_class, rng
-        n = len(class_attrs)
-        self.neighbours = [
-            [d for d in range(n) if sum(class_attrs[c][a] != class_attrs[d][a] for a in class_attrs[c]) == 1]
-            for c in range(n)
-        ]
+        names = list(class_attrs[0])
+        lookup = {a: {v: k for k, v in enumerate(sorted({c[a] for c in class_attrs}))} for a in names}
+        codes = np.array([[lookup[a][c[a]] for a in names] for c in class_attrs])
+        differ = np.zeros((len(codes), len(codes)), dtype=np.int8)
+        for k in range(len(names)):  # one attribute at a time: n×n memory, not n×n×attributes
+            differ += codes[:, None, k] != codes[None, :, k]
+        self.neighbours = [np.flatnonzero(row == 1).tolist() for row in differ]
 
     def draw(self) -> tuple[int, int, int, int]:
         """``(class a, image a, class b, image b)`` with image indices within each class."""

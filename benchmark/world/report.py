@@ -32,7 +32,15 @@ from benchmark.engine.records import write_atomic
 from benchmark.leaderboard.gather import gather
 
 #: Rows in this order first; any other row label follows, sorted.
-ROW_ORDER = ("pretrained", "proxy_anchor", "potential_field", "saga (KL only)", "saga (GRPO only)", "saga")
+ROW_ORDER = (
+    "pretrained",
+    "proxy_anchor",
+    "potential_field",
+    "saga (KL only)",
+    "saga (GRPO only)",
+    "saga",
+    "saga (λ_kl = 1)",  # the paper's literal Eq. 8 weight (SAGA's default lambda_kl is ours)
+)
 RETRIEVAL = {"recall@1": "R@1", "recall@2": "R@2", "recall@4": "R@4", "recall@8": "R@8", "map@r": "MAP@R"}
 PROBE_PREFIX, CHANCE_PREFIX, OTHER_PREFIX = "probe:", "chance:", "other:"
 #: results.csv column prefix -> the record's attribute_probe field; mean column -> its field
@@ -47,9 +55,13 @@ def row_label(method: str, config: Mapping[str, Any] | None) -> str:
     method_cfg = (config or {}).get("method") or {}
     # SAGA's config defaults both switches to true; a resolved record always holds them.
     grpo, kl = bool(method_cfg.get("use_grpo", True)), bool(method_cfg.get("use_kl", True))
-    return {(True, True): "saga", (True, False): "saga (GRPO only)", (False, True): "saga (KL only)"}.get(
+    label = {(True, True): "saga", (True, False): "saga (GRPO only)", (False, True): "saga (KL only)"}.get(
         (grpo, kl), "saga (no GRPO, no KL)"
     )
+    # the paper's literal unit weight on the KL term (records before issue 15 all ran with it) is its own row
+    if kl and method_cfg.get("lambda_kl") == 1.0:
+        label = "saga (λ_kl = 1)" if label == "saga" else label[:-1] + ", λ_kl = 1)"
+    return label
 
 
 def _fraction(value: Any) -> float:

@@ -10,6 +10,16 @@ in a JSON answer that first describes a per-dataset list of attributes. One opti
   and the layer-ℓ attention of correct answers distilled into the pooler's attention (KL, Eq. 7).
 
 Values the paper leaves open are this benchmark's choices, marked "ours" with the item of docs/saga-method.md §7.
+
+Log-probabilities and the sampling temperature: answers are *sampled* from the warped distribution (logits / T with
+T = 0.7, then top-p 0.95), but the log-probabilities that the GRPO term differentiates (the replay) and the
+decoding-time ones it is checked against (``log_ratio_max``) are those of the **untempered** policy,
+``log_softmax(logits)`` (T = 1). TRL's GRPOTrainer instead divides the logits by the sampling temperature before its
+log-softmax. The paper writes ``log pi_theta(y_t | ...)`` and says nothing about T there (docs/saga-method.md §2.2),
+so this is ours: the policy is the frozen LM as it is, the temperature only a sampling device.
+
+The loss balance (Eq. 8) is in the record: ``grad_norm_<term>_<group>``, each weighted term's gradient norm on each
+parameter group (tower, pooler query, W_k, W_o, proxies), medians over every ``grad_norm_every``-th step.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict  # noqa: UP035 - OmegaConf structured configs need typing generics
+from typing import Any, ClassVar, Dict, Optional  # noqa: UP035 - OmegaConf structured configs need typing generics
 
 import numpy as np
 import torch
@@ -27,6 +37,7 @@ from torch import nn
 from benchmark.method import Method, MethodConfig, ParamGroup, TaskInfo
 from benchmark.registry import register_method
 
+from ._diagnostics import GradNormLog, RunTotals, term_grad_norms
 from ._grpo import DynamicSamplingBuffer, PairGroup, balanced_pairs, grpo_loss, verdict_reward
 from ._pooler import AttentionPooler, create_metric_loss
 from ._prompt import build_prompt, prompt_fields
@@ -61,14 +72,17 @@ class SAGAConfig(MethodConfig):
     kl_include_keys: bool = False  # ours (§7 item 9): A_a/A_b are the attribute values' tokens only
     lambda_dml: float = 1.0  # Eq. 8: unit weights
     lambda_grpo: float = 1.0
-    lambda_kl: float = 1.0
+    # ours: KL ~ DML gradient on the pooler (at 1, the paper's Eq. 8, KL's was 25x DML's on q and W_k: README)
+    lambda_kl: float = 0.04
     adv_eps: float = 1e-6  # ours (§7 item 12)
     adv_unbiased: bool = True  # ours (§7 item 12): matches the paper's figure example
     gradient_checkpointing: bool = True  # ours (§7 item 20): in the frozen LM during the replay
     pooler_lr_mult: float = 5.0  # App. B: pooler 1e-4 = 5 × the encoder's 2e-5
-    proxy_lr_mult: float = 5.0  # ours (§7 item 15): proxies at the pooler's rate
+    proxy_lr_mult: float = 100.0  # ours (§7 item 15): the Potential Field baseline's rate (PF Sec. 4.1, its file)
     replay_chunk: int = 256  # tokens per chunk of the replay's vocabulary projection (memory, not maths)
-    seed: int = 0  # pair sampling and rollout sampling streams
+    # pair- and rollout-sampling streams; None: derived from the run's seed (torch.initial_seed(), set by the engine)
+    seed: Optional[int] = None  # noqa: UP045 - OmegaConf needs typing.Optional
+    grad_norm_every: int = 10  # ours: per-term gradient norms every N steps (one extra backward per term); 0: never
 
 
 @register_method
@@ -125,18 +139,24 @@ class SAGA(Method):
             hidden = int(load_supervisor(cfg.supervisor).model.config.text_config.hidden_size)
             self.projector = nn.Linear(width, hidden)
         self.next_batch = None
-        self._rng = np.random.default_rng(cfg.seed)
+        # The run's seed unless one is given: the engine seeds torch with it before building the method.
+        self.stream_seed = int(cfg.seed) if cfg.seed is not None else int(torch.initial_seed())
+        streams = np.random.SeedSequence([self.stream_seed, 0x53414741]).spawn(2)
+        self._rng = np.random.default_rng(streams[0])
+        self._torch_seed = int(streams[1].generate_state(1, np.uint64)[0] >> np.uint64(1))
         self._gen: dict[str, torch.Generator] = {}
         self._prefixes: dict[Any, Any] = {}
         self._constraint: SkeletonConstraint | None = None
-        self._totals: dict[str, float] = defaultdict(float)
+        self._totals = RunTotals()
+        self._grad_norms = GradNormLog()
 
     # ------------------------------------------------------------------------------------------- parameters
     def param_groups(self) -> list[ParamGroup]:
         groups = [ParamGroup("saga_pooler", list(self.pooler.parameters()), self.cfg.pooler_lr_mult, source="App. B")]
         proxies = [p for p in self.metric.parameters() if p.requires_grad]
         if proxies:
-            groups.append(ParamGroup("metric_proxies", proxies, self.cfg.proxy_lr_mult, source="ours, §7 item 15"))
+            source = "ours, §7 item 15: the Potential Field baseline's 100x (PF Sec. 4.1)"
+            groups.append(ParamGroup("metric_proxies", proxies, self.cfg.proxy_lr_mult, source=source))
         if self.projector is not None:
             groups.append(ParamGroup("projector", list(self.projector.parameters()), 1.0, source="ours"))
         return groups
@@ -201,7 +221,7 @@ class SAGA(Method):
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if str(device) not in self._gen:
-            self._gen[str(device)] = torch.Generator(device=device).manual_seed(self.cfg.seed)
+            self._gen[str(device)] = torch.Generator(device=device).manual_seed(self._torch_seed)
         return self._gen[str(device)]
 
     # ------------------------------------------------------------------------------------------- training
@@ -320,7 +340,10 @@ class SAGA(Method):
         loss_grpo, loss_kl = self._policy_terms(sup, buffer, feats_list, stats) if self.uses_llm else (0.0, 0.0)
         t_replay = time.perf_counter() - tc
         loss_dml = torch.stack(dml).sum()
-        loss = cfg.lambda_dml * loss_dml + cfg.lambda_grpo * loss_grpo + cfg.lambda_kl * loss_kl
+        terms = (cfg.lambda_dml * loss_dml, cfg.lambda_grpo * loss_grpo, cfg.lambda_kl * loss_kl)
+        weighted, loss = dict(zip(("dml", "grpo", "kl"), terms, strict=True)), sum(terms)
+        if cfg.grad_norm_every > 0 and self._totals.steps % cfg.grad_norm_every == 0 and loss.requires_grad:
+            self._grad_norms.add(term_grad_norms(weighted, self._balance_groups(encoder)))
         out = {
             "loss": loss,
             "loss_dml": float(loss_dml.detach()),
@@ -345,8 +368,19 @@ class SAGA(Method):
                 "kl_rollouts": stats["kl_rollouts"],
                 "log_ratio_max": stats["log_ratio_max"],
             }
-        self._accumulate(out, stats, buffer)
+        self._totals.add(out, stats, buffer)
         return out
+
+    def _balance_groups(self, encoder: Any) -> dict[str, list[nn.Parameter]]:
+        """The parameter groups whose per-term gradient norms are logged (tower, pooler parts, proxies, projector)."""
+        groups = {
+            "tower": encoder.backbone_parameters(),
+            "pooler_query": [self.pooler.query],
+            "pooler_key": [self.pooler.key.weight],
+            "pooler_out": [self.pooler.out.weight],
+            "proxies": [p for p in self.metric.parameters() if p.requires_grad],
+        }
+        return groups | ({"projector": list(self.projector.parameters())} if self.projector is not None else {})
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def get_extra_state(self) -> dict[str, Any]:
@@ -359,39 +393,7 @@ class SAGA(Method):
             self._generator(torch.device(key)).set_state(value.cpu())
 
     # ------------------------------------------------------------------------------------------- diagnostics
-    def _accumulate(self, out: dict[str, Any], stats: dict[str, float], buffer: DynamicSamplingBuffer) -> None:
-        t = self._totals
-        t["steps"] += 1
-        for key in ("loss_dml", "loss_grpo", "loss_kl"):
-            t[key] += out[key]
-        t["refills"] += out["micro_batches"] - 1
-        t["pairs_offered"] += buffer.offered
-        t["pairs_contributing"] += len(buffer.groups)
-        t["pairs_skipped_all_correct"] += buffer.skipped_all_correct
-        t["pairs_skipped_all_wrong"] += buffer.skipped_all_wrong
-        for key, value in stats.items():
-            if key == "log_ratio_max":
-                t[key] = max(t[key], value)
-            else:
-                t[key] += value
-
     def diagnostics(self) -> dict[str, float]:
-        """Run-level means: reward, contributing fraction, refill rate, parse failures, tokens/s and each loss."""
-        t = self._totals
-        steps, rollouts = max(t["steps"], 1), max(t["rollouts"], 1)
-        return {
-            "steps": t["steps"],
-            "loss_dml_mean": t["loss_dml"] / steps,
-            "loss_grpo_mean": t["loss_grpo"] / steps,
-            "loss_kl_mean": t["loss_kl"] / steps,
-            "reward_mean": t["reward_sum"] / rollouts,
-            "contributing_fraction": t["pairs_contributing"] / max(t["pairs_offered"], 1),
-            "refills_per_step": t["refills"] / steps,
-            "parse_failure_rate": t["parse_failures"] / rollouts,
-            "gen_tokens_per_s": t["gen_tokens"] / max(t["gen_seconds"], 1e-9),
-            "pairs_skipped_all_correct": t["pairs_skipped_all_correct"],
-            "pairs_skipped_all_wrong": t["pairs_skipped_all_wrong"],
-            "kl_rollouts": t["kl_rollouts"],
-            "kl_missing_spans": t["kl_missing_spans"],
-            "log_ratio_max": t["log_ratio_max"],  # on-policy check: largest |replay - decoding log-prob|
-        }
+        """Run-level means (reward, contributing fraction, refills, parse failures, tokens/s, each loss), the
+        sampling streams' seed, and the loss balance: ``grad_norm_<term>_<group>`` medians (see the module doc)."""
+        return self._totals.means() | {"stream_seed": float(self.stream_seed)} | self._grad_norms.summary()

@@ -17,16 +17,30 @@ METRIC_LOSSES = ("potential_field", "proxy_anchor", "multi_similarity")
 class AttentionPooler(nn.Module):
     """Single-query cross-attention pooling: ``beta = softmax(q W_k X^T / sqrt(D))``, ``z = norm(W_o (beta X))``.
 
-    No value projection (none is mentioned in App. B). ``beta`` is exactly the map the KL term supervises.
-    Initialisation is ours (the paper gives none): q ~ N(0, 0.02²), W_k and W_o PyTorch's default Linear init.
+    No value projection (none is mentioned in App. B) and no bias in W_o (App. B writes ``norm(W_o beta X)``).
+    ``beta`` is exactly the map the KL term supervises.
+
+    Initialisation (ours; the paper gives none) makes the pooler start as mean pooling, the baselines' pooling:
+
+    - q ~ N(0, 0.02²) and W_k PyTorch's default init, then W_k's columns are projected off q (``W_k <- (I - q̂q̂ᵀ)
+      W_k``), so ``W_kᵀ q = 0``: every score ``q · W_k x`` is 0 for every token x, beta is uniform (1/N) and beta X
+      is the mean of the tokens. Both q and W_k still get gradients at step 0 (d score / d W_k = q xᵀ ≠ 0).
+    - W_o is orthogonal (``nn.init.orthogonal_``): for ``out_dim >= dim`` its columns are orthonormal, so it keeps
+      every inner product and norm and the cosine ranking of z equals that of the mean-pooled tokens, exactly (up
+      to float rounding). For ``out_dim < dim`` it is a random semi-orthogonal projection: close to, not equal to,
+      mean pooling.
     """
 
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()
         self.query = nn.Parameter(torch.randn(dim) * 0.02)
         self.key = nn.Linear(dim, dim, bias=False)
-        self.out = nn.Linear(dim, out_dim)
+        self.out = nn.Linear(dim, out_dim, bias=False)
         self.dim = dim
+        with torch.no_grad():
+            q = self.query / self.query.norm()
+            self.key.weight -= torch.outer(q, q @ self.key.weight)  # W_kᵀ q = 0: uniform beta at step 0
+        nn.init.orthogonal_(self.out.weight)
 
     def attention(self, tokens: torch.Tensor) -> torch.Tensor:
         """beta ∈ Δ^N for each image: B×N (float32)."""
