@@ -229,11 +229,13 @@ def build_splits(
     }
     for split, ids in (("train", train_ids), ("test", test_ids)):
         if len(splits[split]) == 0:
-            rule = (split_spec(card).get("rule") or {}) if card.get("split") else {}
+            rule = (card.get("split") or {}).get("rule") or load_split_file(card).get("rule") or {}
+            bounds = f" (positions {rule[split][0]}-{rule[split][1]}, rule {rule.get('kind')})" if split in rule else ""
+            first = class_names[ids[0]] if len(ids) else "none"
             raise DatasetError(
-                f"The {split} split of '{card.get('name', '?')}' is empty: the split rule {rule or ''} expects "
-                f"{len(ids)} {split} classes ({name_some([class_names[i] for i in ids], 3)}), and the copy has no "
-                f"image of any of them. Check the copy (its annotations list no image of these classes). "
+                f"The {split} split of '{card.get('name', '?')}' is empty: the split rule expects {len(ids)} {split} "
+                f"classes{bounds}, starting with {first}, and the copy holds no image of any of them (found 0 "
+                f"images; its annotations list none for these classes). Check or re-extract the copy. "
                 f"{layout_hint(card)}"
             )
     return DatasetSplits(
