@@ -239,14 +239,15 @@ def test_the_catalogue_covers_every_case_once():
     assert len(ids) == len(set(ids)) and len(ids) >= 45
 
 
-def test_score_json_never_holds_a_bare_nan(tmp_path, capsys):
-    """A scorable file with one singleton class among pairs: valid strict JSON, every metric a number."""
-    labels = np.array([0, 0, 1, 1, 2])
-    np.savez(tmp_path / "e.npz", embeddings=np.random.default_rng(1).normal(size=(5, 3)), labels=labels)
+def test_score_json_writes_an_undefined_metric_as_null(tmp_path, capsys, monkeypatch):
+    """``score --json`` is strict JSON: a metric that is not a number (NaN) is written as null, never as bare NaN."""
+    import benchmark.evaluation.metrics as metrics
+
+    monkeypatch.setattr(metrics, "score_file", lambda path: {"recall@1": 0.5, "map@r": float("nan"), "nmi": 0.25})
     code, output = run_cli(["score", str(tmp_path / "e.npz"), "--json"], capsys)
     assert code == 0
     values = json.loads(output, parse_constant=lambda name: pytest.fail(f"bare {name} in the JSON"))
-    assert set(values) >= {"recall@1", "map@r", "nmi"}
+    assert values == {"recall@1": 0.5, "map@r": None, "nmi": 0.25}
 
 
 def test_an_out_dir_with_spaces_and_non_ascii_letters_just_works(tiny_overrides, tmp_path, capsys):
