@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.engine.checks import device_problem, epochs_problem, missing_device, unwritable_reason, value_problem
 from benchmark.registry import UnknownNameError, discover_methods, list_methods, suggest
 
 
@@ -282,7 +282,7 @@ def _validate(cfg: DictConfig) -> None:
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{key}={value} is not one of {', '.join(allowed)}.{hint}")
-    _check_values(cfg)
+    _raise_if(value_problem(cfg))
     if cfg.train.batch_size % cfg.train.m_per_class:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} must be a multiple of train.m_per_class={cfg.train.m_per_class} "
@@ -291,115 +291,27 @@ def _validate(cfg: DictConfig) -> None:
         )
     if cfg.eval.selection == "val" and not cfg.dataset.val_fraction > 0:
         raise ConfigError("eval.selection=val needs dataset.val_fraction > 0 (or choose eval.selection=last).")
-    _check_epochs(cfg)
-    if not DEVICE_PATTERN.fullmatch(str(cfg.device)):
-        raise ConfigError(
-            f"device={cfg.device} is not a device this benchmark runs on: use device=auto (a GPU if there is one), "
-            "cpu, cuda, cuda:N or mps."
-        )
+    from benchmark.registry import get_method
+
+    _raise_if(epochs_problem(cfg.train.epochs, cfg.method.name, get_method(cfg.method.name).trains))
+    _raise_if(device_problem(cfg.device))
     if cfg.backbone.kind == "timm" and cfg.backbone.name:  # before any data is read
         from benchmark.engine.encoder import check_timm_name
 
         check_timm_name(str(cfg.backbone.name))
-    from benchmark.engine.paths import unwritable_reason
-
     reason = unwritable_reason(cfg.out_dir)
     if reason:
         raise ConfigError(f"out_dir={cfg.out_dir}: {reason}. Pass out_dir=DIR, a directory you can write to.")
 
 
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _is_number(value: Any, low: float, high: float = math.inf, open_low: bool = False) -> bool:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return ok and (value > low if open_low else value >= low) and value <= high
-
-
-def _check_values(cfg: DictConfig) -> None:
-    """Each numeric field in its range: a one-line error naming the key, the value, what is expected and an example."""
-    t, e, d, b = cfg.train, cfg.eval, cfg.data, cfg.backbone
-    optional = {None}
-    rules = [  # (key, value, valid, what is expected)
-        ("train.batch_size", t.batch_size, _is_int(t.batch_size, 1), "a positive integer, e.g. 64"),
-        ("train.m_per_class", t.m_per_class, _is_int(t.m_per_class, 1), "a positive integer (images per class), e.g. 4"),
-        ("train.grad_accum", t.grad_accum, _is_int(t.grad_accum, 1), "a positive integer (micro-batches per step), e.g. 1"),
-        ("train.steps_per_epoch", t.steps_per_epoch, t.steps_per_epoch in optional or _is_int(t.steps_per_epoch, 1),
-         "a positive integer, or null for len(train) // batch_size"),
-        ("train.lr", t.lr, t.lr in optional or _is_number(t.lr, 0, open_low=True), "a positive number, e.g. 1e-4"),
-        ("train.weight_decay", t.weight_decay, _is_number(t.weight_decay, 0), "a number >= 0, e.g. 1e-4"),
-        ("train.warmup_epochs", t.warmup_epochs, _is_number(t.warmup_epochs, 0), "a number of epochs >= 0"),
-        ("train.min_lr_ratio", t.min_lr_ratio, _is_number(t.min_lr_ratio, 0, 1), "a fraction in [0, 1]"),
-        ("train.freeze_backbone_epochs", t.freeze_backbone_epochs, _is_int(t.freeze_backbone_epochs, 0),
-         "an integer >= 0"),
-        ("train.grad_clip", t.grad_clip, t.grad_clip in optional or _is_number(t.grad_clip, 0, open_low=True),
-         "a positive norm, or null for no clipping"),
-        ("train.log_every", t.log_every, _is_int(t.log_every, 1), "a positive integer"),
-        ("eval.every", e.every, _is_int(e.every, 1), "a positive integer (evaluate every N epochs), e.g. 1"),
-        ("eval.batch_size", e.batch_size, _is_int(e.batch_size, 1), "a positive integer, e.g. 128"),
-        ("eval.kmeans_restarts", e.kmeans_restarts, _is_int(e.kmeans_restarts, 1), "a positive integer, e.g. 10"),
-        ("eval.ks", list(e.ks), len(e.ks) > 0 and all(_is_int(k, 1) for k in e.ks),
-         "a non-empty list of positive integers, e.g. eval.ks=[1,2,4,8]"),
-        ("data.image_size", d.image_size, d.image_size in optional or _is_int(d.image_size, 1),
-         "a positive number of pixels, e.g. 224, or null for the dataset card's default"),
-        ("data.num_workers", d.num_workers, _is_int(d.num_workers, 0), "an integer >= 0 (0: load in the main process)"),
-        ("data.resize_ratio", d.resize_ratio, _is_number(d.resize_ratio, 0, open_low=True), "a positive number"),
-        ("dataset.val_fraction", cfg.dataset.val_fraction, _is_number(cfg.dataset.val_fraction, 0, 1)
-         and cfg.dataset.val_fraction < 1, "a fraction in [0, 1), e.g. 0.2"),
-        ("backbone.embedding_dim", b.get("embedding_dim"), b.get("embedding_dim") in optional
-         or _is_int(b.get("embedding_dim"), 1), "a positive integer, or null for no head"),
-        ("backbone.img_size", b.get("img_size"), b.get("img_size") in optional or _is_int(b.get("img_size"), 1),
-         "a positive number of pixels, or null"),
-    ]  # fmt: skip
-    for key, value, valid, expected in rules:
-        if not valid:
-            shown = "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list) else value
-            raise ConfigError(f"{key}={shown} is not valid: expected {expected}.")
-
-
-def _check_epochs(cfg: DictConfig) -> None:
-    """``train.epochs``: at least 1 for a method that trains (0 epochs would be recorded and ranked as a result)."""
-    epochs = cfg.train.epochs
-    if epochs is None:
-        return
-    if not _is_int(epochs, 0):
-        raise ConfigError(
-            f"train.epochs={epochs} is not valid: expected a positive number of epochs, e.g. train.epochs=60 "
-            "(or leave it unset for the dataset card's default)."
-        )
-    from benchmark.registry import get_method
-
-    if epochs == 0 and get_method(cfg.method.name).trains:
-        raise ConfigError(
-            f"train.epochs=0 with method={cfg.method.name} would record an untrained backbone as a "
-            f"{cfg.method.name} result. Give train.epochs >= 1, or evaluate the backbone without training "
-            "with method=pretrained."
-        )
+def _raise_if(problem: str | None) -> None:
+    if problem:
+        raise ConfigError(problem)
 
 
 def check_device_available(device: str) -> None:
-    """Refuse a device this machine does not have (checked where the run executes, not where a sweep is composed)."""
-    name = str(device)
-    if name in ("auto", "cpu"):
-        return
-    import torch
-
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(name.partition(":")[2] or 0)
-        if count == 0:
-            raise ConfigError(
-                f"device={name} but this machine has no usable CUDA GPU (torch.cuda.is_available() is False). "
-                "Use device=auto or device=cpu, or run on a GPU node (launcher=slurm)."
-            )
-        if index >= count:
-            raise ConfigError(f"device={name} but this machine has {count} CUDA GPU(s): use cuda:0..cuda:{count - 1}.")
-    elif name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device=mps but the MPS backend is not available here: use device=auto or device=cpu.")
+    """Raise :class:`ConfigError` when this machine has no such device (called by ``run`` where it executes)."""
+    _raise_if(missing_device(device))
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

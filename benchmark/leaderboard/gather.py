@@ -274,7 +274,7 @@ def build_leaderboard(
     if metric not in METRICS:
         raise ValueError(f"Unknown metric '{metric}'; choose from {', '.join(METRICS)}.")
     out = Path(out_dir)
-    from benchmark.engine.paths import unwritable_reason
+    from benchmark.engine.checks import unwritable_reason
 
     reason = unwritable_reason(out)
     if reason:  # before reading anything, so a long gather does not end in a failed write
