@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -32,7 +33,7 @@ commands:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run here, or, with ``launcher=slurm`` outside an allocation, submit the run to SLURM and return."""
-    from benchmark.config import compose_config
+    from benchmark.config import check_device_available, compose_config
 
     cfg = compose_config(args.overrides)
     if cfg.launcher == "slurm":
@@ -42,6 +43,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from benchmark.sweeps.submit import submit_single_command
 
             return submit_single_command(args.overrides, cfg, as_json=args.json)
+    check_device_available(cfg.device)  # here, where the run executes (a sweep may be composed on a login node)
     from benchmark.engine.run import main as run_main
 
     return run_main(args.overrides, as_json=args.json, cfg=cfg)
@@ -59,7 +61,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from benchmark.evaluation.metrics import score_file
 
     metrics = score_file(args.file)
-    print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
+    if args.json:  # strict JSON: a value that is not a finite number is written as null, never as a bare NaN
+        safe = {k: (v if isinstance(v, (int, float)) and math.isfinite(v) else None) for k, v in metrics.items()}
+        print(json.dumps(safe, indent=2, allow_nan=False))
+    else:
+        print(format_metrics(metrics))
     return 0
 
 
@@ -129,6 +135,17 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
 PASSTHROUGH = {"leaderboard": "benchmark.leaderboard.gather", "supervisor": "benchmark.world.supervisor"}
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse prints the message and the usage, no traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (runs at once, e.g. 2), got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -153,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="a sweep spec: a path or the name of one in sweeps/ (e.g. smoke, paper_table1)")
     p.add_argument("--dry-run", action="store_true", help="show the cells and the sbatch script; submit nothing")
     p.add_argument("--local", action="store_true", help="run the cells on this machine instead of SLURM")
-    p.add_argument("--max-parallel", type=int, default=2, help="--local: runs at once (default 2)")
+    p.add_argument("--max-parallel", type=_positive_int, default=2, help="--local: runs at once (default 2)")
     p.add_argument("--sweep-dir", help="where the manifest, logs and runs go (default runs/sweeps/<spec name>)")
     p.add_argument("--allow-dirty", action="store_true", help="submit from a checkout with uncommitted changes")
     p.add_argument(

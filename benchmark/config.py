@@ -11,15 +11,17 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra import compose, initialize
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.engine.checks import device_problem, epochs_problem, missing_device, unwritable_reason, value_problem
 from benchmark.registry import UnknownNameError, discover_methods, list_methods, suggest
 
 
@@ -194,13 +196,21 @@ def _explain_unknown_key(err: Exception, overrides: list[str], cfg_probe: DictCo
         if isinstance(node, DictConfig) and leaf not in node:
             known = [k for k in node.keys() if k != "defaults"]
             return f"Unknown config key '{key}'. " + suggest(leaf, known, f"field of '{parent}'").split(". ", 1)[1]
+    unknown = re.match(r"Key '([^']+)' not in 'RunConfig'", message)
+    if unknown:  # an unknown top-level key or section (``trian.epochs=3``)
+        top = [f for f in dataclass_fields(RunConfig) if f != "defaults"]
+        return f"Unknown config key '{unknown[1]}'. " + suggest(unknown[1], top, "top-level key").split(". ", 1)[1]
+    full_key = re.search(r"full_key: (\S+)", message)
+    if full_key:  # OmegaConf's type errors run over several lines: keep the reason and the key
+        value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == full_key[1]), "?")
+        return f"{full_key[1]}={value}: {_first_line(Exception(message))}. Give a value of the field's type."
     return message
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """Compose the run config from ``key=value`` overrides (validated against the dataclass schemas)."""
-    # Reader options are free-form (each reader validates its own): let ``dataset.options.X=v`` add a key.
-    overrides = [f"++{o}" if o.startswith("dataset.options.") else o for o in (overrides or [])]
+    """Compose the run config from ``key=value`` overrides (validated against the dataclass schemas and the value
+    rules of :func:`_validate`, before any data is read); raise :class:`ConfigError` with a one-line reason."""
+    overrides = _prepare_overrides(overrides or [])
     register_configs()
     _check_group_choices(overrides)
     overrides, card = _apply_protocol(overrides)
@@ -209,6 +219,8 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     with initialize(version_base=None, config_path=None):
         try:
             cfg = compose(config_name="run", overrides=overrides)
+        except OverrideParseException as err:
+            raise ConfigError(f"Cannot parse an override ({_first_line(err)}). {QUOTE_HINT}") from None
         except ConfigCompositionException as err:
             groups_only = [o for o in overrides if o.partition("=")[0] in GROUPS]
             try:
@@ -289,6 +301,54 @@ def _check_sampler(cfg: DictConfig, card: dict[str, Any]) -> None:
         )
 
 
+QUOTE_HINT = "Overrides are key=value; quote a value holding special characters: key='value'."
+#: Keys whose values are names or paths: quoted for Hydra's override grammar when they hold spaces, commas,
+#: non-ASCII letters or other characters the grammar reserves, so such paths simply work.
+PATH_KEYS = ("out_dir", "run_name", "dataset.root", "backbone.checkpoint", "backbone.name")
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./~+@:-]*")
+
+
+def _hydra_quote(value: str) -> str:
+    """``value`` as a single-quoted Hydra string: a quote is escaped with a backslash; backslashes are doubled only
+    before a quote or at the end (Hydra's override grammar; elsewhere they are taken literally)."""
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    body = escaped.rstrip("\\")
+    return "'" + body + "\\" * (2 * (len(escaped) - len(body))) + "'"
+
+
+def _prepare_overrides(overrides: list[str]) -> list[str]:
+    """Refuse an argument without ``=``, quote path values, and let ``dataset.options.X=v`` add a reader option."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep and not item.startswith("~"):
+            close = difflib.get_close_matches(item.split(".")[-1], _known_keys(), n=1)
+            hint = f" (did you mean {close[0]}=...?)" if close else ""
+            raise ConfigError(
+                f"'{item}' is not an override{hint}: give key=value pairs, e.g. train.epochs=10 method=proxy_anchor."
+            )
+        bare = key.lstrip("+~")
+        if bare in PATH_KEYS and value not in ("", "null") and value[0] not in "'\"" and "${" not in value:
+            if not _PLAIN_VALUE.fullmatch(value):
+                value = _hydra_quote(value)
+        # Reader options are free-form (each reader validates its own): let ``dataset.options.X=v`` add a key.
+        prefix = "++" if key.startswith("dataset.options.") else ""
+        out.append(f"{prefix}{key}{sep}{value}")
+    return out
+
+
+def _known_keys() -> list[str]:
+    sections = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+    keys = [f"{s}.{f}" for s, cls in sections.items() for f in dataclass_fields(cls)]
+    keys += [f"dataset.{f}" for f in dataclass_fields(DatasetConfig)]
+    keys += [f"backbone.{f}" for f in dataclass_fields(BackboneConfig)]
+    return keys + [f for f in dataclass_fields(RunConfig) if f != "defaults"]
+
+
+def _first_line(err: BaseException) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
 class ConfigError(ValueError):
     """A config that cannot be composed or is inconsistent."""
 
@@ -306,9 +366,12 @@ def _validate(cfg: DictConfig) -> None:
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{key}={value} is not one of {', '.join(allowed)}.{hint}")
+    _raise_if(value_problem(cfg))
     if cfg.train.batch_size % cfg.train.m_per_class:
         raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} must be a multiple of train.m_per_class={cfg.train.m_per_class}."
+            f"train.batch_size={cfg.train.batch_size} must be a multiple of train.m_per_class={cfg.train.m_per_class} "
+            f"(each batch holds batch_size / m_per_class classes), e.g. train.batch_size="
+            f"{max(1, cfg.train.batch_size // cfg.train.m_per_class) * cfg.train.m_per_class}."
         )
     if not cfg.train.checkpoint_every >= 0:
         raise ConfigError(
@@ -317,6 +380,27 @@ def _validate(cfg: DictConfig) -> None:
         )
     if cfg.eval.selection == "val" and not cfg.dataset.val_fraction > 0:
         raise ConfigError("eval.selection=val needs dataset.val_fraction > 0 (or choose eval.selection=last).")
+    from benchmark.registry import get_method
+
+    _raise_if(epochs_problem(cfg.train.epochs, cfg.method.name, get_method(cfg.method.name).trains))
+    _raise_if(device_problem(cfg.device))
+    if cfg.backbone.kind == "timm" and cfg.backbone.name:  # before any data is read
+        from benchmark.engine.encoder import check_timm_name
+
+        check_timm_name(str(cfg.backbone.name))
+    reason = unwritable_reason(cfg.out_dir)
+    if reason:
+        raise ConfigError(f"out_dir={cfg.out_dir}: {reason}. Pass out_dir=DIR, a directory you can write to.")
+
+
+def _raise_if(problem: str | None) -> None:
+    if problem:
+        raise ConfigError(problem)
+
+
+def check_device_available(device: str) -> None:
+    """Raise :class:`ConfigError` when this machine has no such device (called by ``run`` where it executes)."""
+    _raise_if(missing_device(device))
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

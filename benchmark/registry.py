@@ -33,12 +33,25 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
-def suggest(name: str, known: Iterable[str], kind: str) -> str:
-    """An error message for an unknown ``name`` that lists ``known`` and suggests the closest one."""
+#: Beyond this many names an error lists only the nearest ones (timm has over a thousand models).
+MAX_LISTED = 40
+
+
+def suggest(name: str, known: Iterable[str], kind: str, listing: str | None = None) -> str:
+    """An error message for an unknown ``name`` that lists ``known`` and suggests the closest one.
+
+    Long lists (more than :data:`MAX_LISTED`) are not printed: the nearest names are (difflib), with the total and
+    ``listing``, the command that prints them all.
+    """
     known = sorted(known)
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"Unknown {kind} '{name}'.{hint} Available: {', '.join(known) or '(none)'}."
+    if len(known) <= MAX_LISTED:
+        return f"Unknown {kind} '{name}'.{hint} Available: {', '.join(known) or '(none)'}."
+    nearest = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    shown = f" Nearest: {', '.join(nearest)}." if nearest else ""
+    more = f" All {len(known)}: {listing}" if listing else f" ({len(known)} in all.)"
+    return f"Unknown {kind} '{name}'.{hint}{shown}{more}"
 
 
 def register_method(cls: M) -> M:

@@ -12,7 +12,6 @@ import copy
 import io
 import json
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -100,11 +99,13 @@ def test_a_probe_that_could_only_memorise_classes_scores_at_chance():
     assert (seen == values).mean() > 0.9 > result["accuracy"]["body shape"] + 0.4
 
 
-def test_the_probe_is_fast_on_the_datasets_test_split():
+def test_the_probe_runs_on_the_datasets_test_split():
+    """The real input size (48 test classes x 30 images, 128-d); its timing is python -m benchmark.perf.probe."""
     x = np.random.default_rng(2).normal(size=(1440, 128)).astype(np.float32)
-    start = time.perf_counter()
-    probe_attributes(x, LABELS, ATTRS)
-    assert time.perf_counter() - start < 2.0
+    result = probe_attributes(x, LABELS, ATTRS)
+    assert result["n_images"] == 1440 and result["n_classes"] == 48
+    assert set(result["accuracy"]) | set(result["skipped"]) == set(ATTRIBUTES)
+    assert all(0.0 <= v <= 1.0 for v in result["accuracy"].values())
 
 
 def test_an_attribute_with_one_value_is_skipped_with_the_reason():

@@ -229,7 +229,8 @@ def test_macos_resource_forks_are_filtered(tmp_path):
     assert splits.class_names == sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("._"))
     assert [splits.class_names[c] for c in splits.train.classes] == splits.class_names[:3]
     listing = tmp_path / "list.txt"
-    listing.write_text("._junk.jpg 1\n" + "".join(f"{Path(p).relative_to(tmp_path)} 5\n" for p in everything[:2]))
+    lines = [f"{Path(p).relative_to(tmp_path)} {5 if i < 2 else 6}\n" for i, p in enumerate(everything[:4])]
+    listing.write_text("._junk.jpg 1\n" + "".join(lines))  # two classes: one for train, one for test
     list_card = {"name": "tiny", "reader": "list_file", "reader_options": {"files": ["list.txt"]},
                  "split": {"rule": {"kind": "id_range", "train": [1, 1], "test": [2, 2]}}}  # fmt: skip
     assert len(get_reader("list_file")(card=list_card, root=tmp_path, strict=True).train) == 2

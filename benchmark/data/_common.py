@@ -50,6 +50,30 @@ def layout_hint(card: dict[str, Any]) -> str:
     )
 
 
+_HTML_START = (b"<!doctype html", b"<html", b"<head", b"<?xml version", b"<body")
+
+
+def is_html_page(path: Path) -> bool:
+    """True when ``path`` is a web page (what a failed download saves: a login, error or redirect page)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1024)
+    except OSError:
+        return False
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    return head.startswith(_HTML_START) and (b"<html" in head or b"<!doctype html" in head)
+
+
+def check_not_html(path: Path, card: dict[str, Any]) -> Path:
+    """``path``, unless it is an HTML page saved in place of a metadata file: then a :class:`DatasetError`."""
+    if path.is_file() and is_html_page(path):
+        raise DatasetError(
+            f"{path} is an HTML web page, not the dataset's file: the download failed (an error, login or redirect "
+            f"page was saved instead). Delete it and download the file again. {layout_hint(card)}"
+        )
+    return path
+
+
 def locate(root: Path, markers: Sequence[str], subdirs: Sequence[str], card: dict[str, Any]) -> Path:
     """The directory under ``root`` (``root`` itself or one of ``subdirs``) that holds every file in ``markers``.
 
@@ -58,6 +82,8 @@ def locate(root: Path, markers: Sequence[str], subdirs: Sequence[str], card: dic
     candidates = [root] + [root / sub for sub in subdirs]
     for base in candidates:
         if all((base / marker).exists() for marker in markers):
+            for marker in markers:
+                check_not_html(base / marker, card)
             return base
     # Name what is missing in the most plausible candidate: the first one that has any marker, else root.
     best = next((b for b in candidates if any((b / m).exists() for m in markers)), root)
@@ -69,7 +95,7 @@ def require(path: Path, card: dict[str, Any]) -> Path:
     """``path`` if it exists, else a :class:`DatasetError` naming it and the expected layout."""
     if not path.exists():
         raise LayoutNotFoundError(f"Missing {path}. {layout_hint(card)}")
-    return path
+    return check_not_html(path, card)
 
 
 def check_files(paths: Iterable[str], card: dict[str, Any]) -> None:
@@ -107,7 +133,13 @@ def _positions(bounds: Sequence[int], n: int, what: str, card: dict[str, Any]) -
     first, last = int(bounds[0]), int(bounds[1])
     if not 1 <= first <= last:
         raise DatasetError(f"Split rule of '{card.get('name')}': bad {what} range {list(bounds)} (1-based, inclusive).")
-    return range(first - 1, min(last, n))
+    if last > n:  # a partial copy: the split would silently shrink (or vanish) and change which classes are unseen
+        raise DatasetError(
+            f"The split rule of '{card.get('name')}' puts classes {first}-{last} in {what}, but the copy under "
+            f"dataset.root has only {n} classes: it is partial (a class folder or its annotations are missing). "
+            f"Complete the copy; python -m benchmark prepare dataset={card.get('name')} dataset.root=DIR checks it."
+        )
+    return range(first - 1, last)
 
 
 def assign_classes(
@@ -191,12 +223,23 @@ def build_splits(
     """Cut the pooled images into the class-disjoint train and test splits (images of other classes are dropped)."""
     labels = np.asarray(labels, dtype=np.int64)
     everything = SplitData(list(images), labels)
+    splits = {
+        "train": everything.subset(np.isin(labels, train_ids)),
+        "test": everything.subset(np.isin(labels, test_ids)),
+    }
+    for split, ids in (("train", train_ids), ("test", test_ids)):
+        if len(splits[split]) == 0:
+            rule = (card.get("split") or {}).get("rule") or load_split_file(card).get("rule") or {}
+            bounds = f" (positions {rule[split][0]}-{rule[split][1]}, rule {rule.get('kind')})" if split in rule else ""
+            first = class_names[ids[0]] if len(ids) else "none"
+            raise DatasetError(
+                f"The {split} split of '{card.get('name', '?')}' is empty: the split rule expects {len(ids)} {split} "
+                f"classes{bounds}, starting with {first}, and the copy holds no image of any of them (found 0 "
+                f"images; its annotations list none for these classes). Check or re-extract the copy. "
+                f"{layout_hint(card)}"
+            )
     return DatasetSplits(
-        name=card.get("name", "?"),
-        train=everything.subset(np.isin(labels, train_ids)),
-        test=everything.subset(np.isin(labels, test_ids)),
-        class_names=class_names,
-        card=card,
+        name=card.get("name", "?"), train=splits["train"], test=splits["test"], class_names=class_names, card=card
     )
 
 

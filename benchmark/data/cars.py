@@ -84,6 +84,13 @@ def _devkit(base: Path, card: dict[str, Any]) -> tuple[list[str], list[int], lis
         ),
         base / "cars_test_annos_withlabels.mat",
     )
+    unlabelled = [p for p in (base / "cars_test_annos.mat", base / "devkit" / "cars_test_annos.mat") if p.exists()]
+    if not test_annos.exists() and unlabelled:
+        raise LayoutNotFoundError(
+            f"{unlabelled[0]} is the devkit's unlabelled test annotation file (no 'class' field), and the split needs "
+            f"the test labels: put cars_test_annos_withlabels.mat (the labelled version, distributed separately "
+            f"from the devkit) in {base}. {layout_hint(card)}"
+        )
     images: list[str] = []
     classes: list[int] = []
     for folder, path in (("cars_train", base / "devkit" / "cars_train_annos.mat"), ("cars_test", test_annos)):

@@ -4,5 +4,6 @@
 checkpoints, model selection), ``encoder`` (backbone + pooling + head), ``pipeline`` (transforms, m-per-class
 sampler), ``distributed`` (DDP helpers), ``records`` (the record schema and atomic writers), ``record_writer``
 (assembles ``record.json`` from what the trainer hands it), ``protocols`` (``protocol=``: which protocol a run uses
-and its values for the dataset) and ``listing`` (``python -m benchmark list``).
+and its values for the dataset), ``listing`` (``python -m benchmark list``) and ``checks`` (config values, device and
+output directory, checked before anything runs or is written).
 """

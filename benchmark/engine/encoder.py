@@ -120,7 +120,7 @@ def build_timm_backbone(cfg: Any) -> BackboneOutput:
     except Exception as err:  # network, hub and file errors come in many types
         if isinstance(err, RuntimeError) and "Unknown model" in str(err):
             names = timm.list_models()
-            raise UnknownNameError(suggest(cfg.name, names, "timm backbone")) from None
+            raise UnknownNameError(suggest(cfg.name, names, "timm backbone", TIMM_LISTING)) from None
         if cfg.checkpoint:  # timm reads it weights-only (safetensors, or torch.load(weights_only=True))
             from benchmark.engine.checkpoints import load_error_reason
 
@@ -154,6 +154,20 @@ def build_timm_backbone(cfg: Any) -> BackboneOutput:
         interpolation=data_cfg.get("interpolation", "bilinear"),
         source=source,
     )
+
+
+#: The command an unknown-backbone error points at for the full list of timm names.
+TIMM_LISTING = "python -c \"import timm; print('\\n'.join(timm.list_models()))\"."
+
+
+def check_timm_name(name: str) -> None:
+    """Raise :class:`UnknownNameError` with the nearest names when timm has no architecture ``name`` (a name with a
+    pretrained tag, ``resnet50.a1_in1k``, or a hub source, ``hf-hub:org/repo``, is left to timm)."""
+    import timm
+
+    if ":" in name or timm.is_model(name):
+        return
+    raise UnknownNameError(suggest(name, timm.list_models(), "timm backbone", TIMM_LISTING))
 
 
 class Encoder(nn.Module):

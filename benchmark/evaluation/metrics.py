@@ -193,10 +193,28 @@ def load_score_input(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         except (OSError, ValueError, zipfile.BadZipFile) as err:
             raise ScoreInputError(f"{path}: cannot read its arrays ({err}); {expected}.") from None
     try:
-        _check_arrays(embeddings, labels)
+        _, codes = _check_arrays(embeddings, labels)
     except ValueError as err:
         raise ScoreInputError(f"{path}: {err}") from None
+    _check_scorable(path, codes)
     return embeddings, labels
+
+
+def _check_scorable(path: str, codes: np.ndarray) -> None:
+    """Refuse labels whose metrics would be meaningless: one class (every metric 1.0) or no class with two samples
+    (Recall@K 0, MAP@R and R-Precision undefined)."""
+    counts = np.bincount(codes)
+    if counts.size == 1:
+        raise ScoreInputError(
+            f"{path}: all {len(codes)} labels are the same class, so every neighbour matches and every metric would "
+            "be 1.0. Score the embeddings of 2 or more classes together (e.g. every test class)."
+        )
+    if counts.max() < 2:
+        raise ScoreInputError(
+            f"{path}: every one of the {len(codes)} labels is unique, so no query has another sample of its class: "
+            "Recall@K would be 0 and MAP@R / R-Precision are undefined. Labels are class ids (several samples per "
+            "class), not sample ids."
+        )
 
 
 def score_file(path: str | os.PathLike) -> dict[str, float]:

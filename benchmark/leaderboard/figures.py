@@ -16,10 +16,15 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from benchmark.leaderboard.keys import GROUP_KEYS, RECALL_KS
-from benchmark.leaderboard.render import LABELS, dataset_name, table_groups, write_atomic
+from benchmark.leaderboard.render import LABELS, dataset_name, safe_stem, table_groups, write_atomic
 
 REPORTED_FIGURE_SOURCE = "SAGA Table 1"
 _STYLE = ("whitegrid", "notebook")
+
+
+def _mpl(text: object) -> str:
+    """Text from a record shown literally by matplotlib (a ``$`` would start mathtext, or fail to parse)."""
+    return str(text).replace("$", r"\$")
 
 
 def _slug(metric: str) -> str:
@@ -44,7 +49,8 @@ def _labelled_runs(runs: pd.DataFrame, group: pd.DataFrame) -> pd.DataFrame:
     df["label"] = df["entry"] + (
         (" · " + df["backbone"] + " " + df["embedding_dim"].astype(str) + "d") if several else ""
     )
-    df["Dataset"] = df["dataset"].map(dataset_name)
+    df["label"] = df["label"].map(_mpl)
+    df["Dataset"] = df["dataset"].map(dataset_name).map(_mpl)
     return df
 
 
@@ -87,7 +93,8 @@ def _gain(group: pd.DataFrame, reference: str, metric: str, title: str) -> Figur
     df = group[(group["method"] != reference) & group[f"delta_{metric}"].notna()].copy()
     if df.empty:
         return None
-    df["Dataset"] = df["dataset"].map(dataset_name)
+    df["Dataset"] = df["dataset"].map(dataset_name).map(_mpl)
+    df["entry"] = df["entry"].map(_mpl)
     df["gain"] = df[f"delta_{metric}"] * _scale(metric)
     order, hue_order = sorted(df["Dataset"].unique()), sorted(df["entry"].unique())
     with sns.axes_style(_STYLE[0]), sns.plotting_context(_STYLE[1]):
@@ -96,7 +103,7 @@ def _gain(group: pd.DataFrame, reference: str, metric: str, title: str) -> Figur
         sns.barplot(data=df, x="Dataset", y="gain", hue="entry", order=order, hue_order=hue_order, errorbar=None, ax=ax)
         ax.axhline(0, color="black", linewidth=0.8)
         unit = "" if metric == "nmi" else " (points)"
-        ax.set(title=title, ylabel=f"Δ{LABELS[metric]} vs {reference}{unit}", xlabel="")
+        ax.set(title=title, ylabel=f"Δ{LABELS[metric]} vs {_mpl(reference)}{unit}", xlabel="")
         ax.legend(title="method", bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False)
     return fig
 
@@ -139,11 +146,11 @@ def write_figures(
     figs: dict[str, Figure] = {}
     for (phash, rule), group in table_groups(agg):
         tr = _labelled_runs(runs, group)
-        stem, what = f"runs_{phash}_{rule}", f"protocol {phash}, selection {rule}"
+        stem, what = f"runs_{safe_stem(phash)}_{safe_stem(rule)}", _mpl(f"protocol {phash}, selection {rule}")
         figs[f"{stem}_{_slug(metric)}"] = _bars(tr, metric, f"{LABELS[metric]}, mean ± std over seeds ({what})")
         figs[f"{stem}_recall-at-k"] = _recall_curves(tr, f"Recall@K, mean ± std over seeds ({what})")
         if reference:
-            gain = _gain(group, reference, metric, f"Gain over {reference} ({what})")
+            gain = _gain(group, reference, metric, f"Gain over {_mpl(reference)} ({what})")
             if gain is not None:
                 figs[f"{stem}_gain-{_slug(metric)}"] = gain
     if reported is not None and not reported.empty:

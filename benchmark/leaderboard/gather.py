@@ -274,6 +274,11 @@ def build_leaderboard(
     if metric not in METRICS:
         raise ValueError(f"Unknown metric '{metric}'; choose from {', '.join(METRICS)}.")
     out = Path(out_dir)
+    from benchmark.engine.checks import unwritable_reason
+
+    reason = unwritable_reason(out)
+    if reason:  # before reading anything, so a long gather does not end in a failed write
+        raise ValueError(f"--out {out}: {reason}. Pass --out DIR, a directory you can write to.")
     runs, skipped = gather(paths)
     agg = aggregate(runs, reference)
     reported = load_reported(reported_dir) if reported_dir is not None else None
@@ -333,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # writing the outputs failed (disk full, permissions changed): say which file and why
+        print(f"error: could not write the leaderboard into {args.out}: {e}", file=sys.stderr)
         return 2
     for name, path in written.items():
         print(f"{name}: {path}")

@@ -27,13 +27,51 @@ def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:
             f"{sweep_dir} is not a sweep directory (no {MANIFEST}). A sweep directory is made by "
             "python -m benchmark sweep SPEC (it prints where)."
         )
-    return json.loads(path.read_text())
+    return load_manifest_file(path)
+
+
+def load_manifest_file(path: Path) -> dict[str, Any]:
+    """Read and check a ``manifest.json``; a damaged file or one of the wrong shape is a :class:`SpecError` that
+    says how to recover (the file itself is left as it is)."""
+    recover = (
+        f"Move it aside (mv {path} {path}.damaged) and submit the same spec again with --sweep-dir "
+        f"{path.parent}: finished runs are found from their records and are not run again."
+    )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SpecError(f"{path} is not valid JSON ({err}): the sweep's manifest is damaged. {recover}") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise SpecError(f"{path} does not have the shape of a sweep manifest ({problem}). {recover}")
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What is wrong with the structure of a parsed manifest, or None."""
+    if not isinstance(manifest, dict):
+        return f"expected a JSON object, found {type(manifest).__name__}"
+    if not isinstance(manifest.get("name"), str):
+        return "no 'name' string"
+    cells = manifest.get("cells")
+    if not isinstance(cells, dict):
+        return "no 'cells' object"
+    if not isinstance(manifest.get("submissions", []), list):
+        return "'submissions' is not a list"
+    for cell_id, entry in cells.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("run_dir"), str):
+            return f"cell '{cell_id}' has no 'run_dir'"
+        jobs = entry.get("jobs", [])
+        if not isinstance(jobs, list) or not all(isinstance(j, dict) and "job_id" in j and "mode" in j for j in jobs):
+            return f"cell '{cell_id}': 'jobs' must be a list of objects with 'job_id' and 'mode'"
+    return None
 
 
 def _load_or_new_manifest(sweep_dir: Path, spec: Spec) -> dict[str, Any]:
     path = sweep_dir / MANIFEST
     if path.exists():
-        manifest = json.loads(path.read_text())
+        manifest = load_manifest_file(path)
+        manifest.setdefault("submissions", [])
         if manifest.get("name") != spec.name:
             raise SpecError(
                 f"{sweep_dir} holds sweep '{manifest.get('name')}', not '{spec.name}'. Pass another --sweep-dir."

@@ -114,8 +114,19 @@ def find_spec(path_or_name: str | Path) -> Path:
 def load_spec(path_or_name: str | Path) -> Spec:
     """Read and check a spec's structure (the configs of its cells are checked by :func:`validate_cells`)."""
     path = find_spec(path_or_name)
-    text = path.read_text()
-    data = yaml.safe_load(text) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not a text file ({err.reason}); a sweep spec is a YAML file.") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(
+            f"{path}: invalid YAML{where} ({problem}). Fix the file; `python -m benchmark sweep {path} --dry-run` "
+            "checks it without submitting."
+        ) from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a sweep spec is a YAML mapping with keys {sorted(SPEC_KEYS)}.")
     unknown = sorted(set(data) - SPEC_KEYS)

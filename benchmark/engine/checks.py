@@ -1,0 +1,148 @@
+"""Checks made before anything runs or is written: config values in range, the device, the output directory.
+
+Each check returns the problem as one line (what is wrong, what is expected, what to do) or None; the caller raises
+its own user error (``benchmark.config.ConfigError``, the leaderboard's ValueError). Nothing here imports from
+``benchmark``, so the config and every wing may use it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (the directory that ``mkdir -p`` would write into first)."""
+    current = path
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    return current
+
+
+def unwritable_reason(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be used as an output directory, or None when it can (it may not exist yet).
+
+    Nothing is created: the check looks at ``path`` if it exists, else at its nearest existing ancestor, which must be
+    a directory this process may write into (``os.access``; a read-only file system counts as not writable).
+    """
+    target = Path(os.path.expanduser(os.fspath(path))).absolute()
+    existing = _nearest_existing(target)
+    if existing.exists() and not existing.is_dir():
+        if existing == target:
+            return f"{target} is a file, not a directory"
+        return f"{existing} is a file, so {target} cannot be created under it"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == target:
+            return f"{target} is not writable (no write permission, or a read-only file system)"
+        return (
+            f"{target} cannot be created: {existing} is not writable (no write permission, or a read-only file system)"
+        )
+    return None
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value: Any, low: float, high: float = math.inf, open_low: bool = False) -> bool:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return ok and (value > low if open_low else value >= low) and value <= high
+
+
+def value_problem(cfg: Any) -> str | None:
+    """The first numeric field out of its range, as one line naming the key, the value, what is expected and an
+    example; None when every field is in range."""
+    t, e, d, b = cfg.train, cfg.eval, cfg.data, cfg.backbone
+    optional = {None}
+    rules = [  # (key, value, valid, what is expected)
+        ("train.batch_size", t.batch_size, _is_int(t.batch_size, 1), "a positive integer, e.g. 64"),
+        ("train.m_per_class", t.m_per_class, _is_int(t.m_per_class, 1), "a positive integer (images per class), e.g. 4"),
+        ("train.grad_accum", t.grad_accum, _is_int(t.grad_accum, 1), "a positive integer (micro-batches per step), e.g. 1"),
+        ("train.steps_per_epoch", t.steps_per_epoch, t.steps_per_epoch in optional or _is_int(t.steps_per_epoch, 1),
+         "a positive integer, or null for len(train) // batch_size"),
+        ("train.lr", t.lr, t.lr in optional or _is_number(t.lr, 0, open_low=True), "a positive number, e.g. 1e-4"),
+        ("train.weight_decay", t.weight_decay, _is_number(t.weight_decay, 0), "a number >= 0, e.g. 1e-4"),
+        ("train.warmup_epochs", t.warmup_epochs, _is_number(t.warmup_epochs, 0), "a number of epochs >= 0"),
+        ("train.min_lr_ratio", t.min_lr_ratio, _is_number(t.min_lr_ratio, 0, 1), "a fraction in [0, 1]"),
+        ("train.freeze_backbone_epochs", t.freeze_backbone_epochs, _is_int(t.freeze_backbone_epochs, 0),
+         "an integer >= 0"),
+        ("train.grad_clip", t.grad_clip, t.grad_clip in optional or _is_number(t.grad_clip, 0, open_low=True),
+         "a positive norm, or null for no clipping"),
+        ("train.log_every", t.log_every, _is_int(t.log_every, 1), "a positive integer"),
+        ("eval.every", e.every, _is_int(e.every, 1), "a positive integer (evaluate every N epochs), e.g. 1"),
+        ("eval.batch_size", e.batch_size, _is_int(e.batch_size, 1), "a positive integer, e.g. 128"),
+        ("eval.kmeans_restarts", e.kmeans_restarts, _is_int(e.kmeans_restarts, 1), "a positive integer, e.g. 10"),
+        ("eval.ks", list(e.ks), len(e.ks) > 0 and all(_is_int(k, 1) for k in e.ks),
+         "a non-empty list of positive integers, e.g. eval.ks=[1,2,4,8]"),
+        ("data.image_size", d.image_size, d.image_size in optional or _is_int(d.image_size, 1),
+         "a positive number of pixels, e.g. 224, or null for the dataset card's default"),
+        ("data.num_workers", d.num_workers, _is_int(d.num_workers, 0), "an integer >= 0 (0: load in the main process)"),
+        ("data.resize_ratio", d.resize_ratio, _is_number(d.resize_ratio, 0, open_low=True), "a positive number"),
+        ("dataset.val_fraction", cfg.dataset.val_fraction, _is_number(cfg.dataset.val_fraction, 0, 1)
+         and cfg.dataset.val_fraction < 1, "a fraction in [0, 1), e.g. 0.2"),
+        ("backbone.embedding_dim", b.get("embedding_dim"), b.get("embedding_dim") in optional
+         or _is_int(b.get("embedding_dim"), 1), "a positive integer, or null for no head"),
+        ("backbone.img_size", b.get("img_size"), b.get("img_size") in optional or _is_int(b.get("img_size"), 1),
+         "a positive number of pixels, or null"),
+    ]  # fmt: skip
+    for key, value, valid, expected in rules:
+        if not valid:
+            shown = "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list) else value
+            return f"{key}={shown} is not valid: expected {expected}."
+    return None
+
+
+def epochs_problem(epochs: Any, method: str, trains: bool) -> str | None:
+    """``train.epochs``: None (the card's default) or at least 1 for a method that ``trains`` (0 epochs would be
+    recorded, and ranked, as a result of that method)."""
+    if epochs is None:
+        return None
+    if not _is_int(epochs, 0):
+        return (
+            f"train.epochs={epochs} is not valid: expected a positive number of epochs, e.g. train.epochs=60 "
+            "(or leave it unset for the dataset card's default)."
+        )
+    if epochs == 0 and trains:
+        return (
+            f"train.epochs=0 with method={method} would record an untrained backbone as a {method} result. Give "
+            "train.epochs >= 1, or evaluate the backbone without training with method=pretrained."
+        )
+    return None
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` is not a device this benchmark runs on (the name only; see :func:`missing_device`)."""
+    if not DEVICE_PATTERN.fullmatch(str(device)):
+        return (
+            f"device={device} is not a device this benchmark runs on: use device=auto (a GPU if there is one), "
+            "cpu, cuda, cuda:N or mps."
+        )
+    return None
+
+
+def missing_device(device: str) -> str | None:
+    """Why this machine cannot run on ``device`` (checked where the run executes, not where a sweep is composed)."""
+    name = str(device)
+    if name in ("auto", "cpu"):
+        return None
+    import torch
+
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if count == 0:
+            return (
+                f"device={name} but this machine has no usable CUDA GPU (torch.cuda.is_available() is False). "
+                "Use device=auto or device=cpu, or run on a GPU node (launcher=slurm)."
+            )
+        if index >= count:
+            return f"device={name} but this machine has {count} CUDA GPU(s): use cuda:0..cuda:{count - 1}."
+    elif name == "mps" and not torch.backends.mps.is_available():
+        return "device=mps but the MPS backend is not available here: use device=auto or device=cpu."
+    return None
