@@ -23,7 +23,7 @@ import yaml
 from benchmark.engine import records
 from benchmark.sweeps import testcluster
 
-pytestmark = pytest.mark.slurm  # deselect with -m "not slurm"
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # deselect with -m "not slurm"
 TERMINAL = {"done", "failed"}
 CELL_RESOURCES = {"partition": "low", "cpus": 1, "mem_gb": 2, "time_min": 30, "signal_delay_s": 30}
 
