@@ -119,10 +119,16 @@ def write_spec(path: Path, seeds=(0,), resources=None, overrides=(), **extra) ->
     return path
 
 
-def submit(spec: Path, sweep_dir: Path, force: bool = False) -> int:
+def submit(spec: Path, sweep_dir: Path, force: bool = False, **job_env: str) -> int:
+    """Submit the sweep; ``job_env`` (e.g. SWEEP_TEST_SAMPLE_DELAY="0.1") is in the environment its jobs inherit."""
     from benchmark.sweeps.submit import main
 
-    return main(str(spec), sweep_dir=str(sweep_dir), allow_dirty=True, force=force)
+    os.environ.update(job_env)
+    try:
+        return main(str(spec), sweep_dir=str(sweep_dir), allow_dirty=True, force=force)
+    finally:
+        for key in job_env:
+            del os.environ[key]
 
 
 def cells(sweep_dir: Path) -> list[dict]:
@@ -199,11 +205,7 @@ def test_sweep_array_per_cell_resources_failed_cells_resubmitted_and_twice_submi
     )
     sweep_dir = tmp_path / "sweep"
     # Seed 1 raises in its first epoch; seed 2 must still be running when it is cancelled.
-    os.environ.update(SWEEP_TEST_SAMPLE_DELAY="0.02", SWEEP_TEST_FAIL_SEED="1")
-    try:
-        assert submit(spec, sweep_dir) == 0
-    finally:
-        del os.environ["SWEEP_TEST_SAMPLE_DELAY"], os.environ["SWEEP_TEST_FAIL_SEED"]
+    assert submit(spec, sweep_dir, SWEEP_TEST_SAMPLE_DELAY="0.02", SWEEP_TEST_FAIL_SEED="1") == 0
     jobs = [c["jobs"][-1]["job_id"] for c in cells(sweep_dir)]
     array = jobs[0].split("_")[0]
     assert jobs[:2] == [f"{array}_0", f"{array}_1"] and "_" not in jobs[2]  # seeds 0, 1: one array; 2: its own
@@ -257,11 +259,7 @@ def test_ddp_cell_runs_two_tasks_of_one_job_with_gloo(real, tmp_path):
 def test_preemption_by_a_high_priority_job_checkpoints_requeues_and_ends_as_uninterrupted(real, tmp_path, reference):
     spec = write_spec(tmp_path / "preempt.yaml", overrides=INTERRUPTED)
     sweep_dir = tmp_path / "sweep"
-    os.environ.update(SWEEP_TEST_SAMPLE_DELAY="0.1", SWEEP_TEST_DELAY_FIRST_START="1")
-    try:
-        assert submit(spec, sweep_dir) == 0
-    finally:
-        del os.environ["SWEEP_TEST_SAMPLE_DELAY"], os.environ["SWEEP_TEST_DELAY_FIRST_START"]
+    assert submit(spec, sweep_dir, SWEEP_TEST_SAMPLE_DELAY="0.1", SWEEP_TEST_DELAY_FIRST_START="1") == 0
     cell = cells(sweep_dir)[0]
     run_dir, job = Path(cell["run_dir"]), cell["jobs"][-1]["job_id"]
     wait_until(lambda: (run_dir / "checkpoints" / "last.pt").exists(), 150, "the first epoch's checkpoint")
@@ -291,11 +289,7 @@ def test_time_limit_signal_requeues_and_the_run_resumes(real, tmp_path, referenc
         overrides=INTERRUPTED,
     )
     sweep_dir = tmp_path / "sweep"
-    os.environ.update(SWEEP_TEST_SAMPLE_DELAY="0.4", SWEEP_TEST_DELAY_FIRST_START="1")
-    try:
-        assert submit(spec, sweep_dir) == 0
-    finally:
-        del os.environ["SWEEP_TEST_SAMPLE_DELAY"], os.environ["SWEEP_TEST_DELAY_FIRST_START"]
+    assert submit(spec, sweep_dir, SWEEP_TEST_SAMPLE_DELAY="0.4", SWEEP_TEST_DELAY_FIRST_START="1") == 0
     cell = cells(sweep_dir)[0]
     run_dir, job = Path(cell["run_dir"]), cell["jobs"][-1]["job_id"]
     wait_until(lambda: (run_dir / "jobs.json").exists(), 150, "the job to start")
