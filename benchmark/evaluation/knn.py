@@ -13,8 +13,9 @@ here by hand:
 1. the backend (faiss or torch) retrieves ``k_needed + 2`` candidates (the query itself plus one extra to see past
    the boundary);
 2. remove the query by index (if a tie pushed it out of the list, drop the last neighbour instead);
-3. rescore the candidates pair by pair (:func:`pair_scores`: one einsum reduction per pair, never a BLAS tile,
-   so identical vectors always score identically) and order each row by (decreasing score, ascending index);
+3. candidates whose backend scores lie within a few ulps of a neighbour's (exact ties, as a BLAS kernel rounds
+   them) are rescored pair by pair (:func:`pair_scores`: one einsum reduction per pair, never a BLAS tile, so
+   identical vectors always score identically) and their rows ordered by (decreasing score, ascending index);
 4. a row whose score at its needed depth is within a few ulps of the backend's last retrieved score may have tied
    items that were not retrieved (with lower indices than retrieved ones): recompute such rows from their full
    similarity row, scored the same way, with a stable sort. Otherwise every unretrieved item scores strictly lower,
@@ -174,11 +175,22 @@ def _finalise(
     keep = ~drop
     idx = idx[keep].reshape(c, k_search - 1)
     backend_last = scores[keep].reshape(c, k_search - 1)[:, -1]
-    # 3. rescore pair by pair and order by (decreasing score, ascending index).
-    scores = pair_scores(x, qids, idx)
-    order = np.lexsort((idx, -scores), axis=-1)
-    idx = np.take_along_axis(idx, order, axis=1)
-    scores = np.take_along_axis(scores, order, axis=1)
+    # 3. near-ties (adjacent backend scores within a few ulps: exact ties as a BLAS kernel rounds them) are rescored
+    #    pair by pair, and their rows ordered by (decreasing score, ascending index).
+    scores = scores[keep].reshape(c, k_search - 1)
+    slack = BOUNDARY_ULPS * np.spacing(np.abs(scores).max(axis=1, keepdims=True).astype(np.float32))
+    near = (scores[:, :-1] - scores[:, 1:]) <= slack
+    marked = np.zeros(scores.shape, dtype=bool)
+    marked[:, :-1] |= near
+    marked[:, 1:] |= near
+    rows = np.flatnonzero(marked.any(axis=1))
+    if len(rows):
+        sub_idx, sub_scores = idx[rows], scores[rows]
+        r, j = np.nonzero(marked[rows])
+        sub_scores[r, j] = pair_scores(x, qids[rows][r], sub_idx[r, j][:, None])[:, 0]
+        order = np.lexsort((sub_idx, -sub_scores), axis=-1)
+        idx[rows] = np.take_along_axis(sub_idx, order, axis=1)
+        scores[rows] = np.take_along_axis(sub_scores, order, axis=1)
     # 4. a tie that may straddle the retrieval boundary: recompute the row exactly from its full similarity row.
     if k_search < n:
         slack = BOUNDARY_ULPS * np.spacing(np.abs(backend_last).astype(np.float32))
