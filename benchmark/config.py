@@ -111,7 +111,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    # The protocol (protocols/<name>.yaml) the run's settings come from; chosen by protocol=, the method, or the
+    # The protocol (sweeps/protocols/<name>.yaml) the run's settings come from; chosen by protocol=, the method, or the
     # dataset card (benchmark/engine/protocols.py). Its values are all in the config; the name labels the record.
     protocol: str = "none"
     seed: int = 0

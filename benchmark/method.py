@@ -114,7 +114,7 @@ class Method(nn.Module):
     url: ClassVar[str] = ""  # arXiv or proceedings link
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     trains: ClassVar[bool] = True  # False for methods evaluated zero-shot (``pretrained``)
-    #: The protocol (``protocols/<name>.yaml``) the method belongs to: its runs use it unless ``protocol=`` says
+    #: The protocol (``sweeps/protocols/<name>.yaml``) the method belongs to: its runs use it unless ``protocol=`` says
     #: otherwise (None: the dataset card's protocol). SAGA belongs to ``saga``, the setting of its paper.
     protocol: ClassVar[str | None] = None
 

@@ -26,7 +26,7 @@ def listing_lines() -> list[str]:
             f"  {name:<20} {card.get('title', '')} — {counts.get('classes', '?')} classes, "
             f"{counts.get('images', '?')} images ({where}; protocol {card.get('protocol', 'none')})"
         )
-    lines.append("protocols (protocol=NAME; protocols/NAME.yaml):")
+    lines.append("protocols (protocol=NAME; sweeps/protocols/NAME.yaml):")
     lines += describe_protocols()
     lines.append("backbones:")
     for kind in list_backbone_kinds():

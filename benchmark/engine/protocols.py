@@ -1,4 +1,4 @@
-"""Protocols (``protocol=``): what a published table holds fixed for all of its methods, as data in ``protocols/``.
+"""Protocols (``protocol=``): what a published table holds fixed for all of its methods, as data in ``sweeps/protocols/``.
 
 A protocol file names a backbone preset (``backbone: mllm_vision``) and ``settings``: config values every method
 gets (backbone pooling and head, image size and transforms, optimiser recipe, epochs, batch and sampler, the
@@ -26,7 +26,7 @@ import yaml
 
 from benchmark.registry import UnknownNameError, suggest
 
-PROTOCOLS_DIR = Path(__file__).resolve().parents[2] / "protocols"
+PROTOCOLS_DIR = Path(__file__).resolve().parents[2] / "sweeps" / "protocols"
 #: A protocol's values for these keys describe *which* backbone it is; they give way to a ``backbone=`` choice.
 IDENTITY_KEYS = ("backbone.kind", "backbone.name", "backbone.pretrained", "backbone.checkpoint")
 NO_PROTOCOL = "none"
@@ -37,7 +37,7 @@ class ProtocolError(ValueError):
 
 
 def list_protocols() -> dict[str, dict[str, Any]]:
-    """Every protocol in ``protocols/`` by name."""
+    """Every protocol in ``sweeps/protocols/`` by name."""
     found = {}
     for path in sorted(PROTOCOLS_DIR.glob("*.yaml")):
         data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
@@ -79,7 +79,7 @@ def resolve_protocol(
     scaled = ((card.get("protocols") or {}).get(name)) or {}
     where = f"dataset card '{card.get('name')}', protocols.{name}"
     preset = backbone_choice or scaled.get("backbone") or protocol.get("backbone")
-    values = _settings(protocol, f"protocols/{name}.yaml")
+    values = _settings(protocol, f"sweeps/protocols/{name}.yaml")
     values |= _settings(scaled, where)
     method_values = (scaled.get("methods") or {}).get(method) or {}
     if not all(k.startswith("method.") for k in method_values):
@@ -87,7 +87,7 @@ def resolve_protocol(
     values |= method_values
     if backbone_choice:  # the command line chose the backbone: the protocol does not rename it
         values = {k: v for k, v in values.items() if k not in IDENTITY_KEYS}
-    values |= _settings({"settings": (protocol.get("backbones") or {}).get(preset)}, f"protocols/{name}.yaml")
+    values |= _settings({"settings": (protocol.get("backbones") or {}).get(preset)}, f"sweeps/protocols/{name}.yaml")
     return (None if backbone_choice else preset), values
 
 

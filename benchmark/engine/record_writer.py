@@ -86,7 +86,7 @@ class RecordWriter:
             "method_info": d["method_info"],
             "diagnostics": diagnostics,
             "protocol": {
-                "name": cfg.get("protocol"),  # protocols/<name>.yaml (its values are in "config")
+                "name": cfg.get("protocol"),  # sweeps/protocols/<name>.yaml (its values are in "config")
                 "hash": records.protocol_hash(self.protocol_fields),
                 "version": records.PROTOCOL_VERSION,
                 "fields": self.protocol_fields,

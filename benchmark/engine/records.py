@@ -120,7 +120,7 @@ def library_versions() -> dict[str, str]:
 
 
 def protocol_fields(cfg: Any, split_spec: dict[str, Any], eval_settings: dict[str, Any]) -> dict[str, Any]:
-    """What defines the protocol: its name (``protocols/<name>.yaml``), dataset and split version, input size and
+    """What defines the protocol: its name (``sweeps/protocols/<name>.yaml``), dataset and split version, input size and
     transforms, the metric definitions. Runs under different protocols never share a leaderboard table."""
     return {
         "protocol_version": PROTOCOL_VERSION,

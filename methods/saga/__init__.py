@@ -99,7 +99,7 @@ class SAGA(Method):
     config_class = SAGAConfig
     needs_mllm: ClassVar[bool] = True  # the training step needs an MLLM supervisor (backbone.kind=mllm_vision)
     #: The paper's engine settings (App. A/B: tower, 224 px, 3 epochs, 5 % warm-up, lr 2e-5, batch 64, last epoch)
-    #: are the ``saga`` protocol (protocols/saga.yaml); the pooler's 1e-4 is pooler_lr_mult=5.
+    #: are the ``saga`` protocol (sweeps/protocols/saga.yaml); the pooler's 1e-4 is pooler_lr_mult=5.
     protocol: ClassVar[str] = "saga"
 
     @classmethod
