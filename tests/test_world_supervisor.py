@@ -232,3 +232,30 @@ def test_card_evaluation_reads_answers_with_text_after_the_json(quick_supervisor
     result = ws.evaluate(sup, tower, prefix, world, world.test_attrs, world.test_images, cfg, "test")
     assert result["parse_rate"] == 1.0  # json.loads would have raised "Extra data" on every answer
     clear_supervisors()
+
+
+def test_auxiliary_readers_read_the_tokens_by_attention_not_their_mean():
+    """Recipe v3: two images whose tokens have the same mean but different content are told apart by a reader (a
+    reader of the mean could not), so the build does not make the mean-pooled tower a class embedding."""
+    torch.manual_seed(0)
+    reader = ws._Reader(16, 4)
+    x, y = torch.randn(1, 1, 16), torch.randn(1, 1, 16)
+    same_mean = torch.cat([x, -x], 1), torch.cat([y, -y], 1)
+    assert torch.allclose(same_mean[0].mean(1), same_mean[1].mean(1))
+    assert not torch.allclose(reader(same_mean[0]), reader(same_mean[1]), atol=1e-3)
+
+
+def test_nuisance_targets_belong_to_their_images():
+    """The nuisance reader regresses each training image's own nuisance: its background colour target follows the
+    colour of the image's corners (where the background shows), image by image."""
+    import numpy as np
+
+    world = ws._World(ws.BuildConfig(train_combinations=12, images_per_class=3))
+    images = world.train_images.reshape(-1, 64, 64, 3).astype(np.float64)
+    targets = world.train_nuisance.reshape(-1, 7)
+    corners = np.concatenate([images[:, :4, :4], images[:, :4, -4:], images[:, -4:, :4], images[:, -4:, -4:]], 1)
+    corner_rgb = corners.reshape(len(images), -1, 3).mean(1)
+    for channel in range(3):
+        assert np.corrcoef(corner_rgb[:, channel], targets[:, channel])[0, 1] > 0.8
+    shuffled = np.roll(targets[:, 0], 1)
+    assert np.corrcoef(corner_rgb[:, 0], shuffled)[0, 1] < 0.8
