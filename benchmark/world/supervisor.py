@@ -5,7 +5,7 @@ of the architecture SAGA uses by default (Qwen3-VL: ViT with 2×2 merger and Dee
 M-RoPE) to answer the ``attributes`` dataset's SAGA prompt: it describes both figures' seven attributes in the
 prompt's JSON format, lists the differing attributes and gives the ``same_class`` verdict.
 
-A generalist, like a real MLLM (recipe v2): it is trained on ``train_combinations`` attribute combinations drawn
+A generalist, like a real MLLM (recipe v2 on): it is trained on ``train_combinations`` attribute combinations drawn
 uniformly and independently from the whole attribute space (6·6·4·2·4·6·3 = 20,736), **none of them one of the 96
 benchmark classes** (neither training nor test). A real MLLM perceives a species it was never tuned on because its
 pretraining saw the world, not the benchmark's classes; here the world is the attribute space. (Recipe v1 trained on
@@ -111,7 +111,7 @@ def ensure_supervisor(cfg: BuildConfig | None = None, log: Callable[[str], None]
     path = default_dir(cfg)
     if (path / CARD_FILE).exists():
         return path
-    log(f"[supervisor] no cached {WORLD_NAME} at {path}; building it (about 40 min on one CPU thread) ...")
+    log(f"[supervisor] no cached {WORLD_NAME} at {path}; building it (about 45 min on one CPU thread) ...")
     return build_supervisor(cfg or BuildConfig(), path, log=log)
 
 
