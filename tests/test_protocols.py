@@ -246,6 +246,31 @@ def test_recommended_settings_never_change_the_budget_in_a_sweep(tmp_path):
     assert "train.lr=0.0005" in cell.overrides  # the rest of its recipe still applies
 
 
+def _committed_and_cells(spec: str, committed_dir: str, tmp_path: Path) -> tuple[set[str], set[str]]:
+    """The committed records' run directories (dataset/method/hash-seed) and those the spec's cells compose to."""
+    from benchmark.sweeps.spec import cell_run_dir
+
+    runs = REPO / "leaderboard" / committed_dir / "runs"
+    committed = {str(r.parent.relative_to(runs)) for r in runs.rglob("record.json")}
+    cells = set()
+    for cell in expand_cells(load_spec(spec), tmp_path / "runs"):
+        run_dir = cell_run_dir(cell.overrides)[0]
+        cells.add(f"{run_dir.parent.parent.name}/{run_dir.parent.name}/{run_dir.name}")
+    return committed, cells
+
+
+@pytest.mark.parametrize(("spec", "runs", "n"), [("zoo_attributes", "zoo_attributes", 40)])
+def test_committed_comparisons_are_exactly_their_specs_cells(spec, runs, n, tmp_path):
+    """Every cell of the spec is one committed record (same run directory, i.e. the same config hash), nothing else is
+    committed, and every record is complete and from a clean checkout, so the README's one command regenerates the
+    committed tables from the committed records."""
+    committed, cells = _committed_and_cells(spec, runs, tmp_path)
+    assert len(cells) == n and cells == committed
+    for record in (REPO / "leaderboard" / runs / "runs").rglob("record.json"):
+        data = json.loads(record.read_text())
+        assert data["status"] == "completed" and data["git"]["dirty"] is False, record
+
+
 def test_the_attributes_world_sweep_keeps_the_committed_baseline_runs(tmp_path):
     """saga_world under protocol=saga: its baseline cells are exactly the committed baseline records (same config
     hashes); SAGA changed in issue 15 (loss balance, pooler start, seeds), so its cells are new runs that match no

@@ -319,7 +319,9 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
             heads_acc = ""
             if step % 500 == 0:
                 room = headroom(tower, world)["recall@1_mean_pooled_tower"]
-                heads_acc = f", held-out reader accuracy {_head_accuracy(tower, heads, world):.3f}, mean-pooled R@1 {room:.3f}"
+                heads_acc = (
+                    f", held-out reader accuracy {_head_accuracy(tower, heads, world):.3f}, mean-pooled R@1 {room:.3f}"
+                )
             log(
                 f"[supervisor] vision step {step:5d}/{cfg.vision_steps} attributes {aux.item():.4f}{heads_acc} "
                 f"({time.time() - start:.0f} s)"
