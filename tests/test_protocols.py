@@ -259,7 +259,9 @@ def _committed_and_cells(spec: str, committed_dir: str, tmp_path: Path) -> tuple
     return committed, cells
 
 
-@pytest.mark.parametrize(("spec", "runs", "n"), [("zoo_attributes", "zoo_attributes", 40)])
+@pytest.mark.parametrize(
+    ("spec", "runs", "n"), [("zoo_attributes", "zoo_attributes", 40), ("saga_world", "saga_world", 22)]
+)
 def test_committed_comparisons_are_exactly_their_specs_cells(spec, runs, n, tmp_path):
     """Every cell of the spec is one committed record (same run directory, i.e. the same config hash), nothing else is
     committed, and every record is complete and from a clean checkout, so the README's one command regenerates the
@@ -271,22 +273,12 @@ def test_committed_comparisons_are_exactly_their_specs_cells(spec, runs, n, tmp_
         assert data["status"] == "completed" and data["git"]["dirty"] is False, record
 
 
-def test_the_attributes_world_sweep_keeps_the_committed_baseline_runs(tmp_path):
-    """saga_world under protocol=saga: its baseline cells are exactly the committed baseline records (same config
-    hashes); SAGA changed in issue 15 (loss balance, pooler start, seeds), so its cells are new runs that match no
-    committed SAGA record, and the README says the committed SAGA rows predate it."""
-    from benchmark.sweeps.spec import cell_run_dir
-
-    committed: dict[str, set[str]] = {}
+def test_the_attributes_world_ran_on_the_committed_supervisor():
+    """Every committed saga_world record ran on the supervisor build whose card is committed (recipe v3)."""
+    card = json.loads((REPO / "leaderboard" / "saga_world" / "supervisor_card_v3.json").read_text())
+    assert card["recipe_version"] == 3
     for record in (REPO / "leaderboard" / "saga_world" / "runs").rglob("record.json"):
-        committed.setdefault(record.parent.parent.name, set()).add(record.parent.name)
-    cells: dict[str, set[str]] = {}
-    for cell in expand_cells(load_spec("saga_world"), tmp_path / "runs"):
-        run_dir = cell_run_dir(cell.overrides)[0]
-        cells.setdefault(run_dir.parent.name, set()).add(run_dir.name)
-    for method in ("pretrained", "proxy_anchor", "potential_field"):
-        assert cells[method] == committed[method]
-    assert len(cells["saga"]) == 15 and not cells["saga"] & committed["saga"]
+        assert card["digest"] in json.loads(record.read_text())["backbone"]["source"], record
 
 
 def test_sampler_constraints_fail_at_compose_with_the_batch_that_fits():
