@@ -193,7 +193,9 @@ def _nuisance_targets(n: Any) -> list[float]:
 
 class _Reader(nn.Module):
     """An auxiliary readout of the tower's tokens by attention (a learned query over key projections, then a linear
-    map), the way the language model reads them, never their mean. Hand-written: a dozen lines, no library has it."""
+    map), the way the language model reads them, never their mean. Hand-written, not SAGA's ``AttentionPooler``
+    (methods/saga/_pooler.py): that one L2-normalises its output and starts as exact mean pooling, where a classifier
+    and a regression need raw outputs; no library has it."""
 
     def __init__(self, dim: int, out: int) -> None:
         super().__init__()
@@ -318,15 +320,17 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
         if step % 100 == 0 or step == cfg.vision_steps - 1:
             heads_acc = ""
             if step % 500 == 0:
-                room = headroom(tower, world)["recall@1_mean_pooled_tower"]
+                tokens = _test_tokens(tower, world)
+                room = headroom(tokens, world)["recall@1_mean_pooled_tower"]
                 heads_acc = (
-                    f", held-out reader accuracy {_head_accuracy(tower, heads, world):.3f}, mean-pooled R@1 {room:.3f}"
+                    f", held-out reader accuracy {_head_accuracy(tokens, heads, world):.3f}, mean-pooled R@1 {room:.3f}"
                 )
             log(
                 f"[supervisor] vision step {step:5d}/{cfg.vision_steps} attributes {aux.item():.4f}{heads_acc} "
                 f"({time.time() - start:.0f} s)"
             )
-    log(f"[supervisor] held-out attribute accuracy of the vision heads: {_head_accuracy(tower, heads, world):.3f}")
+    accuracy = _head_accuracy(_test_tokens(tower, world), heads, world)
+    log(f"[supervisor] held-out attribute accuracy of the vision heads: {accuracy:.3f}")
     for step in range(cfg.steps):
         pairs = [sampler.draw() for _ in range(cfg.batch_size)]
         imgs = np.stack([world.train_images[c, i] for a, i, b, j in pairs for c, i in ((a, i), (b, j))])
@@ -353,11 +357,12 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
             )
     model.eval()
     train_seconds = time.time() - start
+    tokens = _test_tokens(tower, world)
     metrics = {
         "held_out": evaluate(sup, tower, prefix, world, world.test_attrs, world.test_images, cfg, "test"),
         "train_classes": evaluate(sup, tower, prefix, world, world.bench_attrs, world.bench_images, cfg, "train"),
-        "vision_heads_held_out": _head_accuracy(tower, heads, world),
-        "headroom": headroom(tower, world),
+        "vision_heads_held_out": _head_accuracy(tokens, heads, world),
+        "headroom": headroom(tokens, world),
     }
     card = {
         "name": WORLD_NAME,
@@ -386,16 +391,24 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
 
 
 @torch.no_grad()
-def headroom(tower: Any, world: _World) -> dict[str, float]:
-    """R@1 on the benchmark's test classes of the mean-pooled tower (the ``pretrained`` row) and of the ceiling: an
-    embedding of the true attribute values (one-hot), which retrieves its class perfectly. A world where the
-    mean-pooled tower is near the ceiling has nothing left for a method to show."""
-    from benchmark.evaluation.metrics import evaluate_embeddings
+def _test_tokens(tower: Any, world: _World) -> torch.Tensor:
+    """The tower's tokens for every image of the benchmark's test classes, class by class (N×T×D): what the build's
+    diagnostics (:func:`headroom`, :func:`_head_accuracy`) read, encoded once for both."""
     from benchmark.world.data import to_pixels
+
+    return torch.cat([tower.encode(to_pixels(images)).tokens for images in world.test_images])
+
+
+@torch.no_grad()
+def headroom(tokens: torch.Tensor, world: _World) -> dict[str, float]:
+    """R@1 on the benchmark's test classes (``tokens``: :func:`_test_tokens`) of the mean-pooled tower (the
+    ``pretrained`` row) and of the ceiling: an embedding of the true attribute values (one-hot), which retrieves its
+    class perfectly. A world where the mean-pooled tower is near the ceiling has nothing left for a method to show."""
+    from benchmark.evaluation.metrics import evaluate_embeddings
 
     n_cls, per = world.test_images.shape[:2]
     labels = np.repeat(np.arange(n_cls), per)
-    pooled = torch.cat([tower.encode(to_pixels(world.test_images[c])).tokens.mean(1) for c in range(n_cls)])
+    pooled = tokens.mean(1)
     one_hot = np.concatenate(
         [np.eye(len(world.values[a]))[[world.values[a].index(c[a]) for c in world.test_attrs]] for a in world.attrs],
         axis=1,
@@ -408,12 +421,10 @@ def headroom(tower: Any, world: _World) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _head_accuracy(tower: Any, heads: nn.ModuleList, world: _World) -> float:
-    """Mean accuracy of the auxiliary attribute readers on the held-out classes' images (a build diagnostic)."""
-    from benchmark.world.data import to_pixels
-
-    n_cls, per = world.test_images.shape[:2]
-    tokens = torch.cat([tower.encode(to_pixels(world.test_images[c])).tokens for c in range(n_cls)])
+def _head_accuracy(tokens: torch.Tensor, heads: nn.ModuleList, world: _World) -> float:
+    """Mean accuracy of the auxiliary attribute readers on the held-out classes' images (``tokens``:
+    :func:`_test_tokens`; a build diagnostic)."""
+    per = world.test_images.shape[1]
     hits = []
     for head, attr in zip(heads[:-1], world.attrs, strict=True):
         truth = torch.tensor([world.values[attr].index(a[attr]) for a in world.test_attrs]).repeat_interleave(per)
