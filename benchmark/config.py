@@ -45,6 +45,7 @@ class BackboneConfig:
     gem_p: float = 3.0
     embedding_dim: int | None = 512  # linear head to this size; None: no head (pooled features, e.g. SAGA baselines)
     freeze_bn: bool | None = None  # None: the card's default, else true (Proxy Anchor / HIST official code)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (memory, not maths)
 
 
 @dataclass
@@ -141,7 +142,11 @@ NON_RESULT_KEYS = (
     "eval.batch_size",
     "eval.backend",
     "eval.attribute_probe",  # an extra measurement on the same model: same run, and older runs keep their hash
+    "backbone.activation_checkpointing",  # memory, not maths: the same gradients recomputed in backward
 )
+#: Fields added after runs were recorded, left out of the hash while they hold the value every older run had, so an
+#: older run keeps its hash (and its directory) and only a changed value makes a new run.
+LATE_FIELDS = {"method.rollout_pairs_at_once": 0}
 
 _REGISTERED = False
 #: The config groups (``group=option`` on the command line) and what their options are called in errors.
@@ -424,6 +429,10 @@ def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
     tree.pop("defaults", None)
     for key in NON_RESULT_KEYS:
         _drop(tree, key)
+    for key, value in LATE_FIELDS.items():
+        section, leaf = key.split(".")
+        if section in tree and leaf in tree[section] and tree[section][leaf] == value:
+            del tree[section][leaf]
     return stable_hash(tree, 8)
 
 
