@@ -45,6 +45,7 @@ from benchmark.engine.pipeline import (
     unwrap_worker_errors,
 )
 from benchmark.engine.record_writer import RecordWriter
+from benchmark.evaluation.run_outputs import write_run_outputs
 from benchmark.method import Method, TaskInfo
 from benchmark.registry import get_method
 
@@ -514,6 +515,8 @@ class Trainer:
         val_metrics = self.evaluate(self.val_split) if self.val_split is not None else None
         test_embeddings, test_labels = self.embed(self.splits.test)
         test_metrics = self._score(test_embeddings, test_labels)
+        if self.dist.is_main:  # gallery/ and (eval.save_neighbours) neighbours.npz beside the record
+            write_run_outputs(self.run_dir, self.cfg, self.splits, test_embeddings, test_labels)
         probe = self._attribute_probe(test_embeddings, test_labels)
         return self._write(
             recorder,
