@@ -18,7 +18,7 @@ commands:
   list                       methods (with paper and year), datasets and backbones, one line each
   score FILE.npz [--json]    the protocol's metrics for any embeddings (arrays 'embeddings' N×D, 'labels' N)
   score --neighbours FILE    the same metrics from a run's per-query neighbours (eval.save_neighbours=true)
-  neighbours RUN_DIR... --out FILE.png [--force]
+  neighbours RUN_DIR... --out FILE.png [--queries 2,5] [--force]
                              several runs' galleries side by side on the same test queries, R@1 disagreements marked
   prepare dataset=X dataset.root=DIR
                              fetch (where a public URL exists), verify and validate a dataset copy
@@ -129,7 +129,7 @@ def _cmd_world_report(args: argparse.Namespace) -> int:
 def _cmd_neighbours(args: argparse.Namespace) -> int:
     from benchmark.evaluation.gallery import compare_runs, load_gallery
 
-    out, differ = compare_runs(args.runs, args.out, force=args.force)
+    out, differ = compare_runs(args.runs, args.out, force=args.force, queries=args.queries)
     queries = load_gallery(args.runs[0])[0]["queries"]
     print(f"wrote {out}: {len(args.runs)} run(s), {len(queries)} queries")
     if len(args.runs) > 1:
@@ -172,6 +172,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positions(text: str) -> list[int]:
+    """An argparse type: a comma-separated list of positive integers (query positions, 1-based)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected query positions such as 2,5 (1-based), got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -194,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each holding record.json, gallery/)")
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--queries", type=_positions, help="draw only these queries, e.g. 2,5 (1-based; default: all of them)"
+    )
     p = sub.add_parser("prepare", help=COMMANDS["prepare"][1])
     p.add_argument("overrides", nargs="*", help="dataset=NAME dataset.root=DIR")
     p.add_argument("--no-download", action="store_true", help="only validate the copy already in dataset.root")

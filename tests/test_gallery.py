@@ -144,7 +144,12 @@ def test_neighbours_lays_runs_side_by_side_and_marks_disagreements(two_runs, cap
         assert f"query {i + 1}:" in printed
     with Image.open(out) as picture, Image.open(a / "gallery" / "gallery.png") as single:
         assert picture.width > single.width and picture.height > single.height  # a label column, a line per run
-    assert cli.main(["neighbours", str(a), str(b), "--out", str(out), "--force"]) == 0
+    assert cli.main(["neighbours", str(a), str(b), "--out", str(out), "--force", "--queries", "2"]) == 0
+    with Image.open(out) as one_query, Image.open(a / "gallery" / "gallery.png") as single:
+        assert one_query.height < single.height  # one block of two lines instead of six of one
+    capsys.readouterr()
+    assert cli.main(["neighbours", str(a), str(b), "--out", str(out), "--force", "--queries", "9"]) == 2
+    assert "hold queries 1..6" in capsys.readouterr().err
 
 
 def test_shading_marks_exactly_the_disagreeing_queries():

@@ -205,9 +205,12 @@ def disagreements(galleries: list[dict[str, Any]]) -> list[int]:
     return [int(i) for i in np.flatnonzero(hits.any(axis=0) & ~hits.all(axis=0))]
 
 
-def compare_runs(run_dirs: list[str], out: str | os.PathLike, force: bool = False) -> tuple[Path, list[int]]:
+def compare_runs(
+    run_dirs: list[str], out: str | os.PathLike, force: bool = False, queries: list[int] | None = None
+) -> tuple[Path, list[int]]:
     """Lay the galleries of ``run_dirs`` side by side on their (shared) queries, the queries where they disagree at
-    R@1 highlighted, into the PNG ``out``; returns its path and the disagreeing query positions."""
+    R@1 highlighted, into the PNG ``out``; returns its path and the disagreeing query positions (0-based, among all
+    the queries). ``queries``: 1-based positions to draw (default: all)."""
     from benchmark.evaluation.gallery_figure import draw_gallery
 
     out = Path(out)
@@ -232,5 +235,11 @@ def compare_runs(run_dirs: list[str], out: str | os.PathLike, force: bool = Fals
                 "give runs of one split."
             )
     differ = disagreements(galleries) if len(galleries) > 1 else []
-    write_atomic(out, draw_gallery(galleries, [t for _, t in loaded], highlight=set(differ)))
+    n = len(first["queries"])
+    keep = list(range(n)) if not queries else [q - 1 for q in queries]
+    if any(not 0 <= q < n for q in keep):
+        raise GalleryError(f"--queries {','.join(map(str, queries or []))}: these galleries hold queries 1..{n}.")
+    shown = [dict(g, n_queries=n, queries=[dict(g["queries"][q], position=q + 1) for q in keep]) for g in galleries]
+    highlight = {pos for pos, q in enumerate(keep) if q in differ}
+    write_atomic(out, draw_gallery(shown, [t for _, t in loaded], highlight=highlight, disagreeing=len(differ)))
     return out, differ

@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 
 HIT, MISS = "#1b7837", "#b2182b"  # dark green / dark red: also far apart in lightness from each other's dash style
 CELL, GAP, QUERY_GAP = 0.8, 0.1, 0.25  # inches
-ABOVE, BELOW = 0.16, 0.36  # caption heights above and below an image
+ABOVE, BELOW = 0.16, 0.46  # caption heights above and below an image
 LINE = ABOVE + CELL + BELOW
 HEADER, BLOCK_GAP, MARGIN, TITLE = 0.2, 0.16, 0.2, 0.62
 LABEL = 1.35  # the run label column (several runs only)
@@ -30,7 +30,7 @@ DPI = 100
 FONT = 6
 
 
-def _class_text(name: str, width: int = 17, lines: int = 3) -> str:
+def _class_text(name: str, width: int = 17, lines: int = 4) -> str:
     wrapped = textwrap.wrap(str(name), width) or [""]
     if len(wrapped) > lines:
         wrapped = [*wrapped[: lines - 1], textwrap.shorten(" ".join(wrapped[lines - 1 :]), width, placeholder="…")]
@@ -41,9 +41,15 @@ def _run_label(g: dict[str, Any]) -> str:
     return f"{g.get('method')}\nseed {g.get('seed')} [{str(g.get('config_hash', ''))[:8]}]"
 
 
-def draw_gallery(galleries: list[dict[str, Any]], thumbs: list[Any], highlight: set[int] | None = None) -> bytes:
-    """PNG bytes of the galleries (one or several runs on the same queries); ``highlight``: query positions to
-    shade (the runs disagree there at R@1)."""
+def draw_gallery(
+    galleries: list[dict[str, Any]],
+    thumbs: list[Any],
+    highlight: set[int] | None = None,
+    disagreeing: int | None = None,
+) -> bytes:
+    """PNG bytes of the galleries (one or several runs on the same queries); ``highlight``: positions of the drawn
+    queries to shade (the runs disagree there at R@1); ``disagreeing``: how many of all the queries disagree (for
+    the title, when only some are drawn)."""
     highlight = highlight or set()
     several = len(galleries) > 1
     first = galleries[0]
@@ -54,7 +60,7 @@ def draw_gallery(galleries: list[dict[str, Any]], thumbs: list[Any], highlight: 
     block = (HEADER if several else 0.0) + len(galleries) * LINE
     height = TITLE + MARGIN + n_queries * (block + BLOCK_GAP) + (0.3 if not n_queries else 0.0)
     fig = plt.figure(figsize=(width, height), dpi=DPI)
-    _title(fig, galleries, highlight, top, height)
+    _title(fig, galleries, len(highlight) if disagreeing is None else disagreeing, top, height)
 
     def axes(x: float, y: float) -> Any:  # x, y: the image's lower-left corner, inches from the lower-left
         return fig.add_axes((x / width, y / height, CELL / width, CELL / height))
@@ -79,7 +85,7 @@ def draw_gallery(galleries: list[dict[str, Any]], thumbs: list[Any], highlight: 
             )
         if several:
             q = first["queries"][pos]
-            text = f"query {pos + 1}: {q['class_name']}"
+            text = f"query {q.get('position', pos + 1)}: {q['class_name']}"
             fig.text(MARGIN / width, (y - HEADER + 0.05) / height, text, fontsize=FONT + 1, va="bottom")
             if pos in highlight:
                 fig.text(
@@ -127,15 +133,15 @@ def _cell(ax: Any, image: Any, above: str, below: str, colour: str, style: Any, 
     ax.text(0.5, -0.06, _class_text(below), transform=ax.transAxes, ha="center", va="top", fontsize=FONT)
 
 
-def _title(fig: Any, galleries: list[dict[str, Any]], highlight: set[int], top: int, height: float) -> None:
+def _title(fig: Any, galleries: list[dict[str, Any]], disagreeing: int, top: int, height: float) -> None:
     g = galleries[0]
     n = len(g["queries"])
     if len(galleries) == 1:
         head = f"{g.get('method')} on {g.get('dataset')} (test split), seed {g.get('seed')}, run {g.get('run_id')}"
     else:
         head = (
-            f"{len(galleries)} runs on {g.get('dataset')} (test split), the same {n} queries: "
-            f"{len(highlight)} where they disagree at R@1 (shaded)"
+            f"{len(galleries)} runs on {g.get('dataset')} (test split), {n} of the same fixed queries; "
+            f"they disagree at R@1 on {disagreeing} of all {g.get('n_queries', n)} (shaded)"
         )
     legend = (
         f"Top-{top} neighbours of {n} fixed queries (the same for every run on this split). "
