@@ -220,3 +220,32 @@ def test_leaderboard_links_each_row_to_its_galleries_in_a_browser(two_runs, tmp_
         assert 0.05 < (region < 200).mean() < 0.95
     finally:
         driver.quit()
+
+
+def test_hits_and_misses_read_apart_in_greyscale():
+    """In the greyscale picture, a hit's border is a solid dark line and a miss's a dashed one (dark and light
+    alternate), whatever the colours; the hit/miss glyphs are drawn above the cells."""
+    import io
+
+    from benchmark.evaluation import gallery_figure as fig
+
+    neighbours = [
+        {"index": 1, "label": 0, "class_name": "a", "score": 0.9, "hit": True},
+        {"index": 2, "label": 1, "class_name": "b", "score": 0.8, "hit": False},
+    ]
+    g = {"method": "m", "seed": 0, "dataset": "d", "run_id": "r", "queries": [
+        {"index": 0, "label": 0, "class_name": "a", "hit@1": True, "neighbours": neighbours}]}  # fmt: skip
+
+    class White:
+        def __getitem__(self, index: int) -> np.ndarray:
+            return np.full((8, 8, 3), 255, dtype=np.uint8)
+
+    grey = np.asarray(Image.open(io.BytesIO(draw_gallery([g], [White()]))).convert("L")).astype(int)
+    top = round((fig.TITLE + fig.ABOVE) * fig.DPI)  # the cells' top edge, pixels from the top
+    dark = {}
+    for rank in (1, 2):
+        left = fig.MARGIN + fig.CELL + fig.GAP + fig.QUERY_GAP + (rank - 1) * (fig.CELL + fig.GAP)
+        x0, x1 = round((left + 0.1) * fig.DPI), round((left + fig.CELL - 0.1) * fig.DPI)
+        dark[rank] = max((grey[y, x0:x1] < 128).mean() for y in range(top - 2, top + 3))
+    assert dark[1] > 0.97  # solid
+    assert 0.3 < dark[2] < 0.85  # dashed
