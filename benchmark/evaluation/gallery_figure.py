@@ -144,7 +144,7 @@ def _title(fig: Any, galleries: list[dict[str, Any]], disagreeing: int, top: int
             f"they disagree at R@1 on {disagreeing} of all {g.get('n_queries', n)} (shaded)"
         )
     legend = (
-        f"Top-{top} neighbours of {n} fixed queries (the same for every run on this split). "
+        f"Top-{top} neighbours of fixed test queries (the same for every run on this split). "
         "Thick solid border ✓ = same class as the query (hit); dashed border ✗ = another class (miss); "
         "above: rank and cosine score."
     )
