@@ -25,7 +25,6 @@ import json
 import os
 import zipfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,9 +160,3 @@ def score_neighbours(path: str | os.PathLike) -> dict[str, float]:
 
         out["nmi"] = float(normalized_mutual_info_score(codes, data["kmeans_assignments"], average_method="arithmetic"))
     return out
-
-
-def meta_of(path: str | Path) -> dict[str, Any]:
-    """The JSON ``meta`` of a neighbours file (run, dataset, method, the metrics it was written with)."""
-    with np.load(path, allow_pickle=False) as archive:
-        return json.loads(str(archive["meta"])) if "meta" in archive.files else {}
