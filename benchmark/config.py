@@ -93,6 +93,11 @@ class EvalConfig:
     # A linear probe per attribute on the test embeddings, where the dataset names its classes' attributes
     # (benchmark/evaluation/attribute_probe.py); false: skip it. It adds a measurement and changes no other result.
     attribute_probe: bool = True
+    # Beside the record: gallery/ (8 fixed test queries with their top-8 neighbours, as PNG + JSON;
+    # benchmark/evaluation/gallery.py), and with save_neighbours every test query's ranked neighbours
+    # (neighbours.npz; python -m benchmark score --neighbours FILE re-scores it). Neither changes a result.
+    gallery: bool = True
+    save_neighbours: bool = False
 
 
 @dataclass
@@ -143,6 +148,8 @@ NON_RESULT_KEYS = (
     "eval.backend",
     "eval.attribute_probe",  # an extra measurement on the same model: same run, and older runs keep their hash
     "backbone.activation_checkpointing",  # memory, not maths: the same gradients recomputed in backward
+    "eval.gallery",  # files beside the record, from the same test embeddings
+    "eval.save_neighbours",
 )
 #: Fields added after runs were recorded, left out of the hash while they hold the value every older run had, so an
 #: older run keeps its hash (and its directory) and only a changed value makes a new run.

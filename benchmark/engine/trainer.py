@@ -53,6 +53,7 @@ from benchmark.engine.setup import (  # noqa: F401 (re-exported: the sweeps impo
     run_directory,
     seed_everything,
 )
+from benchmark.evaluation.run_outputs import write_run_outputs
 from benchmark.method import Method, TaskInfo
 from benchmark.registry import get_method
 
@@ -424,6 +425,8 @@ class Trainer:
         val_metrics = self.evaluate(self.val_split) if self.val_split is not None else None
         test_embeddings, test_labels = self.embed(self.splits.test)
         test_metrics = self._score(test_embeddings, test_labels)
+        if self.dist.is_main:  # gallery/ and (eval.save_neighbours) neighbours.npz beside the record
+            write_run_outputs(self.run_dir, self.cfg, self.splits, test_embeddings, test_labels)
         probe = self._attribute_probe(test_embeddings, test_labels)
         return self._write(
             recorder,

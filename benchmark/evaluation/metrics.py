@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -86,6 +86,7 @@ def evaluate_embeddings(
     query_chunk: int = 4096,
     device: str | torch.device | None = None,
     backend: str = "auto",
+    keep: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Score ``embeddings`` (``N×D``) against ``labels`` (``N`` ints); see the module docstring for definitions.
 
@@ -93,7 +94,9 @@ def evaluate_embeddings(
     ``compute_nmi``) ``nmi``. ``map@r`` and ``r_precision`` are NaN when no label has two samples. kNN is exact
     (faiss ``IndexFlatIP``, on the GPU when faiss sees one and ``device`` allows, or a chunked torch search with
     ``backend="torch"``; both give the same numbers) and runs over chunks of ``query_chunk`` queries so memory stays
-    bounded.
+    bounded. ``keep``: a dict that receives every query's ranked neighbour indices (``"indices"``, ``N×k``: k =
+    the deepest rank a metric reads, ``max(ks)`` or the largest class size − 1) and the k-means cluster ids
+    (``"kmeans_assignments"``), for :mod:`benchmark.evaluation.neighbours`.
     """
     x, codes = _check_arrays(embeddings, labels)
     ks = _check_ks(ks)
@@ -111,13 +114,47 @@ def evaluate_embeddings(
     k_needed = int(min(max(max(ks), r.max()), n - 1))
     depth = np.minimum(np.maximum(max(ks), r), k_needed)
     plan = _knn.make_plan(n, k_needed, backend, device, int(query_chunk))
+    chunks = _knn.iter_neighbours(x, depth, plan)
+    if keep is not None:  # the caller keeps every query's neighbours (eval.save_neighbours)
+        chunks = _kept(chunks, keep, n, k_needed)
+    out = rank_metrics(chunks, codes, ks, k_needed)
+    if compute_nmi:
+        assignments = kmeans_assignments(x, int(counts.size), seed=kmeans_seed, restarts=kmeans_restarts, device=device)
+        from sklearn.metrics import normalized_mutual_info_score
 
+        out["nmi"] = float(normalized_mutual_info_score(codes, assignments, average_method="arithmetic"))
+        if keep is not None:
+            keep["kmeans_assignments"] = assignments
+    return out
+
+
+def _kept(
+    chunks: Iterator[tuple[int, int, np.ndarray]], keep: dict[str, Any], n: int, k: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Pass the chunks on, copying each query's neighbour indices into ``keep["indices"]`` (``N×k``)."""
+    keep["indices"] = np.empty((n, k), dtype=np.int64)
+    for start, stop, idx in chunks:
+        keep["indices"][start:stop] = idx
+        yield start, stop, idx
+
+
+def rank_metrics(
+    chunks: Iterable[tuple[int, int, np.ndarray]], codes: np.ndarray, ks: Sequence[int], k_needed: int
+) -> dict[str, float]:
+    """Recall@K, MAP@R and R-Precision from each query's ranked neighbours.
+
+    ``chunks`` yields ``(start, stop, idx)``: ``idx[i]`` are query ``start + i``'s neighbours (``k_needed`` columns,
+    the query itself removed, exact up to depth ``max(max(ks), R)``); ``codes`` are label codes ``0..C-1``. Used by
+    :func:`evaluate_embeddings` and to re-score a saved neighbour table, so both give the same numbers.
+    """
+    n = len(codes)
+    r = np.bincount(codes)[codes] - 1  # other samples with the query's label
     hits = np.zeros(len(ks), dtype=np.int64)
     # Per-query values, summed once at the end so the result does not depend on the chunking.
     ap = np.zeros(n, dtype=np.float64)
     rp = np.zeros(n, dtype=np.float64)
     positions = np.arange(1, k_needed + 1)
-    for start, stop, idx in _knn.iter_neighbours(x, depth, plan):
+    for start, stop, idx in chunks:
         match = codes[idx] == codes[start:stop, None]  # chunk × k_needed
         # Recall@K: the first correct rank (never, when there is none).
         first = np.where(match.any(axis=1), match.argmax(axis=1), np.iinfo(np.int64).max)
@@ -134,11 +171,6 @@ def evaluate_embeddings(
     out = {f"recall@{k}": float(h) / n for k, h in zip(ks, hits, strict=True)}
     out["map@r"] = float(ap[valid].mean()) if valid.any() else float("nan")
     out["r_precision"] = float(rp[valid].mean()) if valid.any() else float("nan")
-    if compute_nmi:
-        assignments = kmeans_assignments(x, int(counts.size), seed=kmeans_seed, restarts=kmeans_restarts, device=device)
-        from sklearn.metrics import normalized_mutual_info_score
-
-        out["nmi"] = float(normalized_mutual_info_score(codes, assignments, average_method="arithmetic"))
     return out
 
 
