@@ -119,3 +119,50 @@ def test_engine_backprop_scales_checks_and_continues_through_a_boundary():
         bp(w.sum() * float("nan"))
     assert raised and raised[0] != raised[0]  # NaN reported before anything reached .grad
     assert torch.allclose(w.grad, torch.tensor([0.75, 0.75]) + 2.0 * 2 * leaf.detach() / 4)
+
+
+def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from benchmark.engine.backprop import Backprop
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2), find_unused_parameters=True)
+    bp = Backprop(grad_accum=1, on_nonfinite=lambda v: None, ddp=model)
+    x = torch.arange(6.0).view(2, 3) * (rank + 1)  # each rank its own data
+    with bp.context(in_parts=True, boundary=True):  # two parts of one forward: DDP's reducer must not see them
+        y = model(x)
+        bp(y[0].square().sum(), retain_graph=True)
+        bp(y[1].sum())
+    bp.sync(list(model.parameters()))
+    torch.save({n: p.grad for n, p in model.module.named_parameters()}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_parts_under_ddp_are_averaged_once_across_ranks(tmp_path):
+    """Two gloo ranks back-propagate two parts of one DDP forward each under no_sync; Backprop.sync averages them:
+    every rank ends with the mean of the ranks' own gradients (computed here without DDP)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    expected = {}
+    for rank in range(2):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(3, 2)
+        y = layer(torch.arange(6.0).view(2, 3) * (rank + 1))
+        (y[0].square().sum() + y[1].sum()).backward()
+        for n, p in layer.named_parameters():
+            expected[n] = expected.get(n, 0) + p.grad / 2
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert got.keys() == expected.keys()
+        assert all(torch.allclose(got[n], expected[n], atol=1e-6) for n in got)
