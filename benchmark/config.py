@@ -21,6 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.compose_cache import ComposeCache
 from benchmark.engine.checks import device_problem, epochs_problem, missing_device, unwritable_reason, value_problem
 from benchmark.registry import UnknownNameError, discover_methods, list_methods, suggest
 
@@ -184,9 +185,21 @@ def _check_group_choices(overrides: list[str]) -> None:
                 raise UnknownNameError(suggest(value, options, GROUPS[key]))
 
 
+def _parse_error(err: Exception) -> str:
+    return f"Cannot parse an override ({_first_line(err)}). {QUOTE_HINT}"
+
+
 def _explain_unknown_key(err: Exception, overrides: list[str], cfg_probe: DictConfig | None) -> str:
     """Turn Hydra's composition error for an unknown key into one that lists the keys and suggests one."""
     message = str(err)
+    ambiguous = re.match(r"Ambiguous value for argument '([^']*)'", message)
+    if ambiguous:  # Hydra suggests --multirun, which this command line does not have
+        key = ambiguous[1].partition("=")[0]
+        return (
+            f"{ambiguous[1]}: a comma-separated value is a sweep, which `run` does not do. For a list write "
+            f"{key}=[a,b]; to keep the comma in a string quote it: {key}='a,b'; for one run per value write a sweep "
+            f"spec (grid: {{{key}: [a, b]}}, see sweeps/smoke.yaml) and run python -m benchmark sweep SPEC."
+        )
     for item in overrides:
         key = item.partition("=")[0].lstrip("+~")
         if "." not in key or cfg_probe is None:
@@ -207,20 +220,39 @@ def _explain_unknown_key(err: Exception, overrides: list[str], cfg_probe: DictCo
     return message
 
 
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
+def compose_config(overrides: list[str] | None = None, cache: ComposeCache | None = None) -> DictConfig:
     """Compose the run config from ``key=value`` overrides (validated against the dataclass schemas and the value
-    rules of :func:`_validate`, before any data is read); raise :class:`ConfigError` with a one-line reason."""
+    rules of :func:`_validate`, before any data is read); raise :class:`ConfigError` with a one-line reason.
+
+    ``cache`` (a :class:`benchmark.compose_cache.ComposeCache`) lets many configs (a sweep's cells) share what they
+    have in common: the same config comes out, composed once per set of group choices instead of once per call.
+    """
     overrides = _prepare_overrides(overrides or [])
-    register_configs()
+    if cache is None or not cache.registered:
+        register_configs()
+        if cache is not None:
+            cache.registered = True
     _check_group_choices(overrides)
-    overrides, card = _apply_protocol(overrides)
+    if cache is None:
+        overrides, card = _apply_protocol(overrides)
+        cfg = _hydra_compose(overrides)
+    else:
+        cfg, card = cache.compose(overrides, GROUPS, _apply_protocol, _hydra_compose)
+    _validate(cfg)
+    _check_method_requirements(cfg)
+    _check_sampler(cfg, card)
+    return cfg
+
+
+def _hydra_compose(overrides: list[str]) -> DictConfig:
+    """Hydra's composition of the ``run`` config; its errors as one-line :class:`ConfigError`."""
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize(version_base=None, config_path=None):
         try:
-            cfg = compose(config_name="run", overrides=overrides)
+            return compose(config_name="run", overrides=overrides)
         except OverrideParseException as err:
-            raise ConfigError(f"Cannot parse an override ({_first_line(err)}). {QUOTE_HINT}") from None
+            raise ConfigError(_parse_error(err)) from None
         except ConfigCompositionException as err:
             groups_only = [o for o in overrides if o.partition("=")[0] in GROUPS]
             try:
@@ -228,10 +260,6 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
             except ConfigCompositionException:
                 probe = None
             raise ConfigError(_explain_unknown_key(err.__cause__ or err, overrides, probe)) from None
-    _validate(cfg)
-    _check_method_requirements(cfg)
-    _check_sampler(cfg, card)
-    return cfg
 
 
 def _group_choice(overrides: list[str], group: str) -> str | None:
