@@ -22,7 +22,7 @@ from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.compose_cache import ComposeCache
-from benchmark.engine.checks import device_problem, epochs_problem, missing_device, unwritable_reason, value_problem
+from benchmark.engine.checks import device_problem, epochs_problem, ks_problem, missing_device, unwritable_reason, value_problem
 from benchmark.registry import UnknownNameError, discover_methods, list_methods, suggest
 
 
@@ -306,6 +306,8 @@ def _check_sampler(cfg: DictConfig, card: dict[str, Any]) -> None:
     (a full copy of the dataset; reader options that change the classes skip the check)."""
     from benchmark.engine.protocols import expected_training_classes
 
+    expected = {} if cfg.dataset.options else (card.get("expected") or {})  # reader options change the counts
+    _raise_if(ks_problem(list(cfg.eval.ks), expected.get("test_images")))
     if cfg.dataset.options:
         return
     total = (card.get("expected") or {}).get("train_classes")

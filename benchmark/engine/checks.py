@@ -98,6 +98,29 @@ def value_problem(cfg: Any) -> str | None:
     return None
 
 
+#: The Recall@K every record reports (``benchmark.engine.records.METRIC_KEYS``): a run must compute them.
+RECORD_KS = (1, 2, 4, 8)
+
+
+def ks_problem(ks: list[int], test_images: int | None) -> str | None:
+    """``eval.ks`` must hold the Recall@K every record reports (else the record is never complete and the
+    leaderboard skips it) and, where the card knows the test split's size, leave each query that many others."""
+    shown = "[" + ",".join(str(k) for k in ks) + "]"
+    missing = [k for k in RECORD_KS if k not in ks]
+    if missing:
+        wanted = ",".join(str(k) for k in sorted(set(RECORD_KS) | set(ks)))
+        return (
+            f"eval.ks={shown} lacks {', '.join(str(k) for k in missing)}: every record reports Recall@1, 2, 4 and 8 "
+            f"(the leaderboard reads them). Add the others to them: eval.ks=[{wanted}]."
+        )
+    if test_images and max(ks) > test_images - 1:
+        return (
+            f"eval.ks={shown} asks for Recall@{max(ks)}, but this dataset's test split has {test_images} images "
+            f"(each query has {test_images - 1} others): give eval.ks values of at most {test_images - 1}."
+        )
+    return None
+
+
 def epochs_problem(epochs: Any, method: str, trains: bool) -> str | None:
     """``train.epochs``: None (the card's default) or at least 1 for a method that ``trains`` (0 epochs would be
     recorded, and ranked, as a result of that method)."""

@@ -210,6 +210,27 @@ def format_status(rows: list[dict[str, Any]], name: str = "") -> str:
     return "\n".join(lines)
 
 
+def not_done_reason(rows: list[dict[str, Any]]) -> str | None:
+    """Why a sweep that was just run here is not complete, one line (None when every cell is done)."""
+    not_done = [r for r in rows if r["state"] != "done"]
+    if not not_done:
+        return None
+    why = {
+        "running": "still running from an earlier submission (not started twice)",
+        "pending": "queued from an earlier submission",
+        "unknown": "of unknown state (held back; --force resubmits)",
+        "failed": "failed (see above)",
+        "not submitted": "not submitted",
+    }
+    parts = []
+    for state in sorted({r["state"] for r in not_done}):
+        cells = [r for r in not_done if r["state"] == state]
+        detail = f": {cells[0]['error']}" if state != "failed" and cells[0].get("error") else ""
+        names = ", ".join(r["cell"] for r in cells[:5]) + (f" and {len(cells) - 5} more" if len(cells) > 5 else "")
+        parts.append(f"{len(cells)} {why.get(state, state)} ({names}{detail})")
+    return f"{len(not_done)} of {len(rows)} cell(s) are not done: " + "; ".join(parts) + "."
+
+
 def main(sweep_dir: str, as_json: bool = False) -> int:
     """The ``status`` command; exit status 1 when a cell failed."""
     import json
