@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
@@ -22,7 +23,17 @@ from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.compose_cache import ComposeCache
-from benchmark.engine.checks import device_problem, epochs_problem, ks_problem, missing_device, unwritable_reason, value_problem
+from benchmark.engine.checks import (
+    device_problem,
+    epochs_problem,
+    finite_problem,
+    ks_problem,
+    missing_device,
+    override_problem,
+    unwritable_reason,
+    value_problem,
+    warmup_problem,
+)
 from benchmark.registry import UnknownNameError, discover_methods, list_methods, suggest
 
 
@@ -305,7 +316,13 @@ def _check_sampler(cfg: DictConfig, card: dict[str, Any]) -> None:
     """The m-per-class sampler's and the validation carve-out's constraints, from the card's expected class counts
     (a full copy of the dataset; reader options that change the classes skip the check)."""
     from benchmark.engine.protocols import expected_training_classes
+    from benchmark.engine.trainer import FALLBACKS
+    from benchmark.registry import get_method
 
+    epochs = cfg.train.epochs
+    if epochs is None:
+        epochs = ((card.get("defaults") or {}).get("train") or {}).get("epochs") or FALLBACKS["train.epochs"]
+    _raise_if(warmup_problem(cfg.train.warmup_epochs, epochs, get_method(cfg.method.name).trains))
     expected = {} if cfg.dataset.options else (card.get("expected") or {})  # reader options change the counts
     _raise_if(ks_problem(list(cfg.eval.ks), expected.get("test_images")))
     if cfg.dataset.options:
@@ -357,6 +374,7 @@ def _prepare_overrides(overrides: list[str]) -> list[str]:
             raise ConfigError(
                 f"'{item}' is not an override{hint}: give key=value pairs, e.g. train.epochs=10 method=proxy_anchor."
             )
+        _raise_if(override_problem(key, value, PATH_KEYS) if sep or key.startswith("~") else None)
         bare = key.lstrip("+~")
         if bare in PATH_KEYS and value not in ("", "null") and value[0] not in "'\"" and "${" not in value:
             if not _PLAIN_VALUE.fullmatch(value):
@@ -397,6 +415,11 @@ def _validate(cfg: DictConfig) -> None:
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{key}={value} is not one of {', '.join(allowed)}.{hint}")
     _raise_if(value_problem(cfg))
+    _raise_if(finite_problem(to_container(cfg)))
+    for key in ("out_dir", "dataset.root", "backbone.checkpoint"):  # '~/x' quoted past the shell still means home
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value.startswith("~"):
+            OmegaConf.update(cfg, key, os.path.expanduser(value))
     if cfg.train.batch_size % cfg.train.m_per_class:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} must be a multiple of train.m_per_class={cfg.train.m_per_class} "

@@ -198,6 +198,10 @@ def load_score_input(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     )
     path = os.fspath(path)
     if not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise ScoreInputError(f"{path}: is a directory, not a file; {expected}.")
+        if os.path.exists(path):  # a FIFO, socket or device: reading it could block or never end
+            raise ScoreInputError(f"{path}: is not a regular file (a pipe, socket or device); {expected}.")
         raise ScoreInputError(f"{path}: no such file; {expected}.")
     try:
         archive = np.load(path, allow_pickle=False)
