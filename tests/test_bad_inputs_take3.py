@@ -452,3 +452,21 @@ def test_a_large_dry_run_shows_progress_while_composing(sweep_env, tmp_path, cap
     code, output = run_cli(["sweep", str(spec), "--dry-run", "--sweep-dir", str(tmp_path / "sw")], capsys)
     assert code == 0 and "composing cells" in output and "60 cells" in output
     assert not (tmp_path / "sw").exists()
+
+
+# ----------------------------------------------------------------------------- files safe in the program that opens them
+def test_leaderboard_csv_cells_never_open_as_spreadsheet_formulas(tmp_path, capsys):
+    import csv
+
+    hostile = '=HYPERLINK("http://e.example","x")'
+    write_run(tmp_path / "runs", make_record(hostile, "cub", 0, METRICS))
+    write_run(tmp_path / "runs", make_record("@SUM(A1)", "cub", 0, METRICS))
+    code, out, err = _leaderboard([tmp_path / "runs"], tmp_path / "lb", capsys)
+    assert code == 0, err
+    for name in ("runs.csv", "leaderboard.csv"):
+        with open(tmp_path / "lb" / name, newline="") as handle:
+            cells = [cell for row in csv.reader(handle) for cell in row]
+        assert "'" + hostile in cells and "'@SUM(A1)" in cells
+        assert not [c for c in cells if c.startswith(("=", "+", "@", "\t", "\r"))], name
+        numbers = [c for c in cells if c.startswith("-")]
+        assert all(float(c) < 0 for c in numbers)  # negative numbers stay numbers

@@ -265,6 +265,7 @@ def write_world_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike) 
     experiments (see :func:`load_runs`).
     """
     from benchmark.engine.checks import unwritable_reason
+    from benchmark.leaderboard.spreadsheet import spreadsheet_safe
 
     out = Path(out_dir)
     reason = unwritable_reason(out)
@@ -274,7 +275,7 @@ def write_world_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike) 
     summary = summarise(runs, attributes)
     out.mkdir(parents=True, exist_ok=True)
     return {
-        "csv": write_atomic(out / "results.csv", runs.to_csv(index=False, float_format="%.6f")),
+        "csv": write_atomic(out / "results.csv", spreadsheet_safe(runs).to_csv(index=False, float_format="%.6f")),
         "md": write_atomic(out / "summary.md", _markdown(summary, runs, attributes, skipped, runs_dir)),
         "png": write_atomic(out / "probe.png", _figure(runs, attributes)),
     }
