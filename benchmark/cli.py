@@ -89,8 +89,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         item for item in args.overrides if "=" not in item
     ]
     if unknown or "dataset" not in options or "dataset.root" not in options:
+        if unknown:
+            what = f"prepare takes only dataset, dataset.root and dataset.strict, not {', '.join(unknown)}"
+        else:
+            what = f"missing {' and '.join(k for k in ('dataset', 'dataset.root') if k not in options)}"
         raise SystemExit(
-            "usage: python -m benchmark prepare dataset=NAME dataset.root=DIR [dataset.strict=false] "
+            f"error: {what}. usage: python -m benchmark prepare dataset=NAME dataset.root=DIR [dataset.strict=false] "
             f"(got: {' '.join(args.overrides) or 'nothing'})"
         )
     strict = options.get("dataset.strict", "true").lower() not in ("false", "0", "no")
@@ -258,12 +262,14 @@ def main(argv: list[str] | None = None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message is the whole story for a user (no traceback)."""
     from benchmark.engine.encoder import BackboneWeightsError
+    from benchmark.engine.preflight import RunDirectoryError
     from benchmark.engine.trainer import TrainingError
     from benchmark.sweeps.cluster import ClusterError
     from benchmark.sweeps.manifest import DirtyTreeError
     from benchmark.sweeps.spec import SpecError
 
     errors: list[type[BaseException]] = [BackboneWeightsError, TrainingError, ClusterError, DirtyTreeError, SpecError]
+    errors.append(RunDirectoryError)
     try:
         from benchmark.evaluation.gallery import GalleryError
         from benchmark.evaluation.metrics import ScoreInputError
