@@ -21,7 +21,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.engine.checks import device_problem, epochs_problem, missing_device, unwritable_reason, value_problem
+from benchmark.engine.checks import (
+    device_problem,
+    epochs_problem,
+    missing_device,
+    path_component_problem,
+    unwritable_reason,
+    value_problem,
+)
 from benchmark.registry import UnknownNameError, discover_methods, list_methods, suggest
 
 
@@ -391,6 +398,8 @@ def _validate(cfg: DictConfig) -> None:
     reason = unwritable_reason(cfg.out_dir)
     if reason:
         raise ConfigError(f"out_dir={cfg.out_dir}: {reason}. Pass out_dir=DIR, a directory you can write to.")
+    if cfg.run_name is not None:
+        _raise_if(path_component_problem("run_name", cfg.run_name, "out_dir/<dataset>/<method>/"))
 
 
 def _raise_if(problem: str | None) -> None:
