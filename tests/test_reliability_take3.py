@@ -1,0 +1,165 @@
+"""Reliability, take 3 (issue 23, items 1-7): no hang, no overwritten file, no silent wrong result.
+
+Each case runs as a user runs it: ``python -m benchmark`` in a subprocess where processes matter (a hang, signals,
+locks), else ``benchmark.cli.main`` in this process (exit status and stderr; an exception escaping it would be a
+traceback). The full disk is a real tmpfs of 2 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main as cli_main
+from benchmark.config import compose_config
+from benchmark.engine import records
+from benchmark.engine.trainer import Trainer
+from tests import miniature
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    """``python -m benchmark ARGS`` in this process: its exit status and stderr."""
+    capsys.readouterr()
+    rc = cli_main(args)
+    return rc, capsys.readouterr().err
+
+
+def assert_one_line_error(rc: int, err: str, *needles: str) -> str:
+    assert rc not in (0, None), err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra}
+
+
+def tree(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+#: A CUB-style run small enough for a CPU: the real reader, a random-init resnet10t at 16 px.
+CUB_RUN = [
+    "dataset=cub",
+    "dataset.strict=false",
+    "backbone.name=resnet10t",
+    "backbone.pretrained=false",
+    "backbone.freeze_bn=false",
+    "data.image_size=16",
+    "train.epochs=1",
+    "train.batch_size=8",
+    "train.m_per_class=2",
+    "train.steps_per_epoch=2",
+    "train.progress=false",
+    "eval.selection=last",
+    "eval.kmeans_restarts=1",
+    "device=cpu",
+]
+
+
+# ----------------------------------------------------------------------------- 1. an unreadable image: no hang
+def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels (its data is one tiny row): a decompression bomb."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\0\0\0")) + chunk(b"IEND", b"")
+
+
+def truncated_jpeg(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[: len(data) // 3]
+
+
+@pytest.mark.parametrize("damage", ["truncated-jpeg", "decompression-bomb"])
+def test_a_run_with_an_unreadable_image_exits_with_one_line_at_the_default_num_workers(tmp_path, damage):
+    """Every child process ends when its parent does: the DataLoader workers (data.num_workers left at its default,
+    2) are shut down when the error ends the evaluation, and the run exits 2 instead of waiting on them forever."""
+    assert compose_config([]).data.num_workers > 0  # the default loads in worker processes
+    base = miniature.make_cub(tmp_path / "cub", per_class=2)
+    bad = sorted((base / "images").glob("150.*/*.jpg"))[0]  # a test class: every test image is read
+    bad.write_bytes(truncated_jpeg(bad) if damage == "truncated-jpeg" else bomb_png())
+    command = [PYTHON, "-m", "benchmark", "run", *CUB_RUN, f"dataset.root={tmp_path / 'cub'}"]
+    command.append(f"out_dir={tmp_path / 'runs'}")
+    try:
+        done = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run did not exit after the unreadable image (its DataLoader workers kept it alive)")
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = assert_one_line_error(done.returncode, done.stderr, f"Cannot read image {bad}")
+    assert "DecompressionBombError" not in done.stderr.replace(line, "")
+    if damage == "decompression-bomb":
+        assert "claims more pixels" in line
+    (record,) = (tmp_path / "runs").rglob("record.json")
+    assert json.loads(record.read_text())["status"] == "failed"
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "runs")], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", "worker processes outlived the run"
+
+
+# ----------------------------------------------------------------------------- 4. a real full disk
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 2 MB tmpfs (``mount -t tmpfs -o size=2m``), unmounted afterwards."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(
+            "mounting a tmpfs is not permitted here (needs root or CAP_SYS_ADMIN; "
+            f"mount said: {(done.stderr or done.stdout).strip()}), so a real full disk cannot be made"
+        )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_real_full_disk_gives_one_line_marks_the_record_failed_and_leaves_no_temporary(
+    tiny_overrides, small_tmpfs, capsys
+):
+    """torch reports a full disk as RuntimeError ([enforce fail at inline_container.cc]), not OSError: still one
+    line naming the checkpoint, a failed record, and no ``*.tmp`` left filling the disk."""
+    overrides = [*[o for o in tiny_overrides if not o.startswith("out_dir=")], f"out_dir={small_tmpfs / 'runs'}"]
+    rc, err = run_cli(["run", *overrides], capsys)
+    run_dir = Trainer(compose_config(overrides)).run_dir
+    line = assert_one_line_error(rc, err, "Could not write checkpoint", str(run_dir / "checkpoints"), "resumes")
+    assert "MB free there" in line
+    record = records.read_record(run_dir)
+    assert record["status"] == "failed" and "Could not write checkpoint" in record["error"]
+    assert not list((run_dir / "checkpoints").glob("*.tmp")), "a temporary checkpoint was left on the full disk"
+
+
+# ----------------------------------------------------------------------------- 3. user-supplied names stay inside
+@pytest.mark.parametrize("name", ["{tmp}/elsewhere", "../../x", "..", "a/b", "x" * 5000, "bad\nname"])
+def test_run_name_is_one_directory_name_inside_out_dir(tiny_overrides, tmp_path, monkeypatch, capsys, name):
+    name = name.replace("{tmp}", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    rc, err = run_cli(["run", *tiny_overrides, f"run_name={name}"], capsys)
+    assert_one_line_error(rc, err, "run_name=", "one directory inside out_dir")
+    assert len(err) < 600
+    assert tree(tmp_path) == before and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_sweep_name_that_is_a_path_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "escape.yaml"
+    spec.write_text("name: ../../outside\ngrid: {method: [proxy_anchor]}\n")
+    rc, err = run_cli(["sweep", str(spec), "--dry-run"], capsys)
+    assert_one_line_error(rc, err, "name='../../outside'", "--sweep-dir")
+    assert not (tmp_path.parent.parent / "outside").exists()
