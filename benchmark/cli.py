@@ -22,7 +22,7 @@ commands:
   sweep SPEC [--dry-run | --local [--max-parallel N]] [--sweep-dir DIR] [--allow-dirty] [--force]
                              submit a sweep (sweeps/*.yaml) to SLURM as a job array and return; --local runs it here
   status SWEEP_DIR [--json]  pending / running / done / failed per cell, with errors and log tails
-  leaderboard DIRS... [--out leaderboard/]
+  leaderboard DIRS... --out DIR [--force]
                              gather run records into Markdown/LaTeX/CSV/HTML tables and figures
   world-report RUNS_DIR --out DIR
                              attribute-world results: R@K and per-attribute linear probes per method row

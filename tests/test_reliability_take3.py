@@ -163,3 +163,47 @@ def test_a_sweep_name_that_is_a_path_is_refused(tmp_path, monkeypatch, capsys):
     rc, err = run_cli(["sweep", str(spec), "--dry-run"], capsys)
     assert_one_line_error(rc, err, "name='../../outside'", "--sweep-dir")
     assert not (tmp_path.parent.parent / "outside").exists()
+
+
+# ----------------------------------------------------------------------------- 2. the leaderboard overwrites nothing
+def committed_leaderboard_copy(root: Path) -> Path:
+    """A copy of the committed leaderboard/ (its tables and figures, not its records) in a repository-like root."""
+    out = root / "leaderboard"
+    (out / "figures").mkdir(parents=True)
+    for name in ("README.md", "leaderboard.csv", "leaderboard.tex", "leaderboard.html", "runs.csv"):
+        (out / name).write_bytes((REPO / "leaderboard" / name).read_bytes())
+    for figure in (REPO / "leaderboard" / "figures").glob("*.png"):
+        (out / "figures" / figure.name).write_bytes(figure.read_bytes())
+    (root / "runs").mkdir()
+    return out
+
+
+def test_leaderboard_without_arguments_from_the_repository_root_writes_nothing(tmp_path):
+    out = committed_leaderboard_copy(tmp_path)
+    before = tree(tmp_path)
+    done = subprocess.run(
+        [PYTHON, "-m", "benchmark", "leaderboard"], env=env(), capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 2 and "--out" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert tree(tmp_path) == before and (out / "figures").is_dir()
+
+
+def test_a_build_replaces_only_its_own_unchanged_files_without_force(tmp_path, monkeypatch, capsys):
+    out = committed_leaderboard_copy(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = tree(out)
+    build = ["leaderboard", "runs", "--no-reported"]
+    rc, err = run_cli([*build, "--out", "leaderboard"], capsys)
+    line = assert_one_line_error(rc, err, "--out leaderboard", "README.md", "Nothing was written", "--force")
+    assert "figures/" in line  # the committed figures it would delete are named too
+    assert tree(out) == before
+    # Its own output, unchanged, may be rebuilt; once a user edits a file, it is theirs.
+    assert run_cli([*build, "--out", "mine"], capsys)[0] == 0
+    assert run_cli([*build, "--out", "mine"], capsys)[0] == 0
+    (tmp_path / "mine" / "README.md").write_text("my notes\n")
+    rc, err = run_cli([*build, "--out", "mine"], capsys)
+    assert_one_line_error(rc, err, "README.md", "--force")
+    assert (tmp_path / "mine" / "README.md").read_text() == "my notes\n"
+    # --force replaces them.
+    assert run_cli([*build, "--out", "leaderboard", "--force"], capsys)[0] == 0
+    assert "No run records" in (out / "README.md").read_text()
