@@ -88,8 +88,20 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmark.engine.control import StopRequested
     from benchmark.sweeps.submit import main as sweep_main
 
+    try:
+        return _sweep(sweep_main, args)
+    except StopRequested as stop:  # Ctrl-C / SIGTERM on sweep --local: the cells checkpointed and stopped
+        print(str(stop), file=sys.stderr)
+        return stop.exit_status
+    except KeyboardInterrupt:  # before any cell started (while the cells were composed)
+        print("Interrupted before any cell started; nothing is running. Run the same command again.", file=sys.stderr)
+        return 130
+
+
+def _sweep(sweep_main: Callable[..., int], args: argparse.Namespace) -> int:
     return sweep_main(
         args.spec,
         sweep_dir=args.sweep_dir,

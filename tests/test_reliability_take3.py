@@ -207,3 +207,126 @@ def test_a_build_replaces_only_its_own_unchanged_files_without_force(tmp_path, m
     # --force replaces them.
     assert run_cli([*build, "--out", "leaderboard", "--force"], capsys)[0] == 0
     assert "No run records" in (out / "README.md").read_text()
+
+
+# ----------------------------------------------------------------------------- 6, 7. signals and locks, real processes
+@pytest.fixture
+def slow_env(tmp_path, monkeypatch):
+    """The sweeps' test dataset in this process and, through a sitecustomize, in ``python -m benchmark``
+    subprocesses, whose image loading is slowed so that a run lasts long enough to be signalled or doubled."""
+    import sweep_support
+
+    import benchmark.data.base as base
+
+    datasets = sweep_support.write_datasets_dir(tmp_path / "datasets")
+    monkeypatch.setattr(base, "DATASETS_DIR", datasets)
+    if "sweep_blobs" not in base._READERS:
+        base.register_reader("sweep_blobs")(sweep_support.read_blobs)
+    site = sweep_support.write_sitecustomize(tmp_path / "site")
+    return {
+        **env(),
+        "SWEEP_TEST_DATASETS": str(datasets),
+        "SWEEP_TEST_SAMPLE_DELAY": "0.03",
+        "PYTHONPATH": f"{site}{os.pathsep}{REPO}",
+    }
+
+
+def slow_overrides() -> list[str]:
+    import sweep_support
+
+    return [
+        "dataset=sweepblobs",
+        *sweep_support.TINY,
+        "train.epochs=1",
+        "train.steps_per_epoch=100",  # 24 s of slowed loading: time to be signalled or doubled
+        "train.checkpoint_every=2",
+        "eval.selection=last",
+        "eval.attribute_probe=false",
+    ]
+
+
+def as_from_a_shell() -> None:
+    """In the child before exec: SIGINT and SIGTERM at their default disposition and unblocked, as a shell starts a
+    foreground job (a pytest-xdist worker may pass them on ignored)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def start(command: list[str], environment: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            command, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=as_from_a_shell, cwd=log.parent,
+        )  # fmt: skip
+
+
+def test_a_second_process_on_a_run_directory_is_refused_with_who_holds_it(slow_env, tmp_path):
+    command = [PYTHON, "-m", "benchmark", "run", *slow_overrides(), f"out_dir={tmp_path / 'runs'}", "run_name=r"]
+    run_dir = tmp_path / "runs" / "sweepblobs" / "proxy_anchor" / "r"
+    first = start(command, slow_env, tmp_path / "first.log")
+    try:
+        wait_for((run_dir / "checkpoints" / "last.pt").exists, 240, "the first run's first checkpoint")
+        for extra in ([], ["force=true"]):  # force=true while the first still runs would move its directory away
+            second = subprocess.run(
+                [*command, *extra], env=slow_env, capture_output=True, text=True, timeout=240, cwd=tmp_path
+            )
+            line = assert_one_line_error(second.returncode, second.stderr, f"run directory {run_dir}", "in use by")
+            assert f"process {first.pid} on {os.uname().nodename}" in line and "started 20" in line
+            assert not list(run_dir.parent.glob("r.old-*")), "force=true moved a running run aside"
+        assert first.poll() is None, "the refused runs disturbed the first"
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=240) == 128 + signal.SIGTERM
+    finally:
+        if first.poll() is None:
+            first.kill()
+    # Once the holder is gone (whatever way it ended) the lock is free: the same command resumes and finishes.
+    fast = {**slow_env, "SWEEP_TEST_SAMPLE_DELAY": "0"}
+    done = subprocess.run(command, env=fast, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and "Resuming" in done.stdout, done.stderr[-2000:]
+
+
+def test_ctrl_c_on_a_local_sweep_passes_one_signal_and_the_cells_checkpoint(slow_env, tmp_path):
+    """Ctrl-C in a terminal reaches the sweep's process group; each running cell gets exactly one signal from the
+    sweep, writes its checkpoint and stops; the sweep waits for them and says so in one line (no traceback). A
+    second sweep on the same directory meanwhile is refused, told who holds it. The same command then resumes."""
+    import yaml
+
+    spec = tmp_path / "two.yaml"
+    spec.write_text(yaml.safe_dump({"name": "two", "overrides": slow_overrides(), "grid": {"seed": [0, 1]}}))
+    sweep_dir = tmp_path / "sweep"
+    command = [PYTHON, "-m", "benchmark", "sweep", str(spec), "--local", "--sweep-dir", str(sweep_dir)]
+    command.append("--allow-dirty")
+    parent = start(command, slow_env, tmp_path / "sweep.log")
+    try:
+        checkpoints = lambda: list(sweep_dir.glob("runs/**/checkpoints/last.pt"))  # noqa: E731
+        wait_for(lambda: len(checkpoints()) == 2, 300, "both cells' first checkpoints")
+        second = subprocess.run(command, env=slow_env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+        line = assert_one_line_error(second.returncode, second.stderr, f"sweep directory {sweep_dir}", "in use by")
+        assert f"process {parent.pid} on" in line
+        os.killpg(parent.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
+        assert parent.wait(timeout=240) == 128 + signal.SIGINT
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+    output = (tmp_path / "sweep.log").read_text()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert "Sweep stopped (SIGINT): 2 running cell(s)" in output and "Run the same command again" in output
+    for log in sorted((sweep_dir / "logs").glob("*.log")):
+        text = log.read_text()
+        assert "Received SIGINT" in text and "checkpoint written at epoch 1, step" in text, text
+        assert "second signal" not in text.replace("(a second signal stops at once)", ""), text
+        assert "Received SIGTERM" not in text, text
+    fast = {**slow_env, "SWEEP_TEST_SAMPLE_DELAY": "0"}
+    again = subprocess.run(command, env=fast, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    for log in sorted((sweep_dir / "logs").glob("*.log")):
+        assert "Resuming" in log.read_text()

@@ -321,7 +321,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output directory (required: a build never lands in a directory by default)"
     )
     parser.add_argument(
-        "--force", action="store_true", help="replace files in --out that an earlier build did not write (or that changed)"
+        "--force",
+        action="store_true",
+        help="replace files in --out that an earlier build did not write (or that changed)",
     )
     parser.add_argument("--reference", default=None, help="method the deltas and the gain figure compare against")
     parser.add_argument("--metric", default="recall@1", choices=METRICS, help="metric of the figures (default R@1)")
