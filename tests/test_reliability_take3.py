@@ -330,3 +330,69 @@ def test_ctrl_c_on_a_local_sweep_passes_one_signal_and_the_cells_checkpoint(slow
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     for log in sorted((sweep_dir / "logs").glob("*.log")):
         assert "Resuming" in log.read_text()
+
+
+# ----------------------------------------------------------------------------- 5. resuming after the code changed
+def repository_copy(root: Path) -> Path:
+    """A git repository holding a copy of this checkout's code (its own commits; the tests' data stays here)."""
+    import shutil
+
+    for name in ("benchmark", "methods", "datasets", "sweeps"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], check=True)
+    return root
+
+
+def git_head(root: Path) -> str:
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def test_resuming_after_the_methods_code_changed_is_refused_and_every_start_is_recorded(slow_env, tmp_path):
+    """Every start and resume is in the record with its git SHA; a committed change to the method's code makes the
+    same command refuse to resume (one line naming the file), and force=true moves the run aside and trains anew."""
+    repo = repository_copy(tmp_path / "repo")
+    site = slow_env["PYTHONPATH"].split(os.pathsep)[0]
+    copy_env = {**slow_env, "PYTHONPATH": f"{site}{os.pathsep}{repo}"}
+    command = [PYTHON, "-m", "benchmark", "run", *slow_overrides(), f"out_dir={tmp_path / 'runs'}", "run_name=r"]
+    run_dir = tmp_path / "runs" / "sweepblobs" / "proxy_anchor" / "r"
+    last = run_dir / "checkpoints" / "last.pt"
+    first_sha = git_head(repo)
+    for attempt in range(2):  # started, stopped; resumed with the same code, stopped again
+        log = tmp_path / f"attempt{attempt}.log"
+        proc = start(command, copy_env, log)
+        try:
+            wait_for(
+                lambda log=log: last.exists() and (attempt == 0 or "Resuming" in log.read_text()), 240, "a checkpoint"
+            )
+            time.sleep(1.0 * attempt)  # the second stop lands a few steps later
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=240) == 128 + signal.SIGTERM, log.read_text()[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    record = records.read_record(run_dir)
+    starts = record["starts"]
+    assert [s["git_sha"] for s in starts] == [first_sha, first_sha]
+    assert starts[0]["resumed_from"] is None and starts[1]["resumed_from"]["epoch"] == 0
+    assert record["method_code"]["files"].keys() >= {"methods/proxy_anchor.py"}
+    # A committed change to the method: the same command refuses to resume it.
+    method_file = repo / "methods" / "proxy_anchor.py"
+    method_file.write_text(method_file.read_text() + "\nCHANGED_AFTER_THE_CHECKPOINT = True\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "commit", "-qam", "change the method"], check=True)
+    before = tree(run_dir)
+    fast = {**copy_env, "SWEEP_TEST_SAMPLE_DELAY": "0"}
+    refused = subprocess.run(command, env=fast, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert_one_line_error(
+        refused.returncode, refused.stderr, str(last), "methods/proxy_anchor.py", first_sha[:10], "force=true"
+    )
+    assert tree(run_dir) == before
+    # force=true moves the run aside and trains again from the start, with the new code.
+    forced = subprocess.run([*command, "force=true"], env=fast, capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "moved to" in forced.stdout and list(run_dir.parent.glob("r.old-*"))
+    record = records.read_record(run_dir)
+    assert [s["git_sha"] for s in record["starts"]] == [git_head(repo)] and record["status"] == "completed"

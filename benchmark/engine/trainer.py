@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from benchmark.config import config_hash
 from benchmark.data.base import DatasetSplits, carve_validation, load_dataset
-from benchmark.engine import checkpoints, distributed
+from benchmark.engine import checkpoints, distributed, provenance
 from benchmark.engine.checkpoints import CheckpointError
 from benchmark.engine.control import (  # noqa: F401 (re-exported: the sweeps and tests import them from here)
     _STOP,
@@ -167,6 +167,8 @@ class Trainer:
         self._resumed = False
         self._final_eval = False  # a stop during the final evaluation stops at once (last.pt holds the training)
         self._saved: tuple[int, int] | None = None  # (epoch, step) of the last.pt this run holds
+        self.code = provenance.method_code(self.method_cls)  # checked on resume: the method's code must not change
+        self.starts: list[dict[str, Any]] = []  # one entry per start and resume (git SHA), kept in the checkpoint
 
     # ----------------------------------------------------------------- optimisation
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -217,6 +219,8 @@ class Trainer:
             "best": self.best,
             "epoch_sums": self.epoch_sums,
             "rng": checkpoints.rng_state(),
+            "code": self.code,
+            "starts": self.starts,
         }
 
     def save_checkpoint(self, name: str = "last.pt") -> Path:
@@ -257,6 +261,10 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         """Resume from ``path`` (weights-only; refused if unsafe, truncated, foreign or from another config)."""
         state = checkpoints.read(path, self.device, config_hash(self.cfg))
+        note = provenance.check_same_code(state, self.code, path, self.cfg.method.name)  # refuses other code
+        if note:
+            warnings.warn(note, stacklevel=2)
+        self.starts = list(state.get("starts") or [])
         try:
             self.encoder.load_state_dict(state["encoder"])
             self.method.load_state_dict(state["method"])
@@ -286,6 +294,7 @@ class Trainer:
             if self.best.get("epoch") is not None and best.exists():
                 checkpoints.read(best, "cpu", config_hash(self.cfg), mmap=True)
             print(f"Resuming {self.run_dir} from epoch {self.epoch} step {self.step_in_epoch}.", flush=True)
+        self.starts.append(provenance.start_entry((self.epoch, self.step_in_epoch) if checkpoint.exists() else None))
         if self.dist.is_main and self.run_dir.is_dir():  # accepted: only now is anything in the directory touched
             litter = checkpoints.remove_litter(self.run_dir)
             if litter:
@@ -555,6 +564,7 @@ class Trainer:
                 "interpolation": desc["interpolation"],
             },
             "splits": splits,
+            "provenance": {"method_code": self.code, "starts": self.starts},
             "method_info": {
                 "paper": self.method_cls.paper,
                 "year": self.method_cls.year,
