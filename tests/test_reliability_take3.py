@@ -78,7 +78,9 @@ def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
     """A PNG whose header claims ``width`` x ``height`` pixels (its data is one tiny row): a decompression bomb."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\0\0\0")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\0\0\0")) + chunk(b"IEND", b"")
+    )
 
 
 def truncated_jpeg(path: Path) -> bytes:
@@ -117,7 +119,9 @@ def small_tmpfs(tmp_path):
     """A real 2 MB tmpfs (``mount -t tmpfs -o size=2m``), unmounted afterwards."""
     mount = tmp_path / "small_disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(
             "mounting a tmpfs is not permitted here (needs root or CAP_SYS_ADMIN; "
@@ -365,7 +369,9 @@ def test_resuming_after_the_methods_code_changed_is_refused_and_every_start_is_r
         proc = start(command, copy_env, log)
         try:
             wait_for(
-                lambda log=log: last.exists() and (attempt == 0 or "Resuming" in log.read_text()), 240, "a checkpoint"
+                lambda log=log, attempt=attempt: last.exists() and (attempt == 0 or "Resuming" in log.read_text()),
+                240,
+                "a checkpoint",
             )
             time.sleep(1.0 * attempt)  # the second stop lands a few steps later
             proc.send_signal(signal.SIGTERM)

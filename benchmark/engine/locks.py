@@ -1,7 +1,8 @@
 """Exclusive locks on a run directory and a sweep directory: a second process is refused, told who holds it.
 
 The lock is ``fcntl.flock`` on a small file that the holder fills with its pid, host and start time. The kernel
-releases it when the holder exits, however it exits (a crash or SIGKILL included), so a lock is never stale.
+releases it when the holder exits, however it exits (a crash or SIGKILL included), so a lock is never stale; a holder
+that ends normally also removes the file.
 Hand-written on ``fcntl`` rather than the ``filelock`` package: the refusal names the holder, read from the lock file
 itself, and ``filelock`` truncates that file on every attempt to acquire it.
 
@@ -51,21 +52,33 @@ def exclusive(lock_path: Path, what: str, why: str) -> Iterator[None]:
     from benchmark.engine.records import utc_now
 
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_path, "a+")  # a+: never truncates the holder's line before the lock is ours
-    try:
+    while True:
+        handle = open(lock_path, "a+")  # a+: never truncates the holder's line before the lock is ours
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _holder(handle)
+            handle.close()
             raise LockedError(
-                f"The {what} is in use by {_holder(handle)}: {why}. Nothing was done. Wait for it to finish "
-                "(or stop it), then run the same command again."
+                f"The {what} is in use by {holder}: {why}. Nothing was done. Wait for it to finish (or stop it), "
+                "then run the same command again."
             ) from None
+        try:  # the holder before us may have removed the file after we opened it: then lock the new one
+            same = os.fstat(handle.fileno()).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now()}) + "\n")
         handle.flush()
         yield
     finally:
+        with contextlib.suppress(OSError):  # removed while still held, so no one locks a file about to vanish
+            lock_path.unlink()
         handle.close()  # closing the file releases the lock
 
 
