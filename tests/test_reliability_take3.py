@@ -363,8 +363,14 @@ def test_resuming_after_the_methods_code_changed_is_refused_and_every_start_is_r
     command = [PYTHON, "-m", "benchmark", "run", *slow_overrides(), f"out_dir={tmp_path / 'runs'}", "run_name=r"]
     run_dir = tmp_path / "runs" / "sweepblobs" / "proxy_anchor" / "r"
     last = run_dir / "checkpoints" / "last.pt"
-    first_sha = git_head(repo)
-    for attempt in range(2):  # started, stopped; resumed with the same code, stopped again
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    shas = []
+    for attempt in range(2):  # started, stopped; resumed at another commit (same method code), stopped again
+        if attempt:
+            (repo / "NOTES.md").write_text("a commit that does not touch the method\n")
+            subprocess.run([*git, "add", "NOTES.md"], check=True)
+            subprocess.run([*git, "commit", "-qm", "notes"], check=True)
+        shas.append(git_head(repo))
         log = tmp_path / f"attempt{attempt}.log"
         proc = start(command, copy_env, log)
         try:
@@ -379,21 +385,21 @@ def test_resuming_after_the_methods_code_changed_is_refused_and_every_start_is_r
         finally:
             if proc.poll() is None:
                 proc.kill()
+    assert f"trained so far at git {shas[0][:10]} and resumes at {shas[1][:10]}" in log.read_text()
     record = records.read_record(run_dir)
     starts = record["starts"]
-    assert [s["git_sha"] for s in starts] == [first_sha, first_sha]
+    assert [s["git_sha"] for s in starts] == shas and record["git"]["sha"] == shas[1]
     assert starts[0]["resumed_from"] is None and starts[1]["resumed_from"]["epoch"] == 0
     assert record["method_code"]["files"].keys() >= {"methods/proxy_anchor.py"}
     # A committed change to the method: the same command refuses to resume it.
     method_file = repo / "methods" / "proxy_anchor.py"
     method_file.write_text(method_file.read_text() + "\nCHANGED_AFTER_THE_CHECKPOINT = True\n")
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     subprocess.run([*git, "commit", "-qam", "change the method"], check=True)
     before = tree(run_dir)
     fast = {**copy_env, "SWEEP_TEST_SAMPLE_DELAY": "0"}
     refused = subprocess.run(command, env=fast, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert_one_line_error(
-        refused.returncode, refused.stderr, str(last), "methods/proxy_anchor.py", first_sha[:10], "force=true"
+        refused.returncode, refused.stderr, str(last), "methods/proxy_anchor.py", shas[1][:10], "force=true"
     )
     assert tree(run_dir) == before
     # force=true moves the run aside and trains again from the start, with the new code.

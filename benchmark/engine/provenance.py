@@ -71,6 +71,20 @@ def start_entry(resumed_from: tuple[int, int] | None) -> dict[str, Any]:
     return {"started": utc_now(), "git_sha": git.get("sha"), "git_dirty": git.get("dirty"), "resumed_from": where}
 
 
+def record_start(starts: list[dict[str, Any]], resumed_from: tuple[int, int] | None) -> None:
+    """Append this start to ``starts``; on a resume from another git commit (the method's code being the same, or
+    :func:`check_same_code` would have refused it), say so."""
+    entry = start_entry(resumed_from)
+    before = starts[-1].get("git_sha") if starts and isinstance(starts[-1], dict) else None
+    if resumed_from and before and entry["git_sha"] and before != entry["git_sha"]:
+        print(
+            f"Note: this run was trained so far at git {before[:10]} and resumes at {entry['git_sha'][:10]} (the "
+            "method's code is the same; the record lists every start).",
+            flush=True,
+        )
+    starts.append(entry)
+
+
 def check_same_code(state: dict[str, Any], current: dict[str, Any], path: Path, method: str) -> str | None:
     """Refuse (CheckpointError) a checkpoint written by other code of the method; return a note when it cannot tell.
 

@@ -294,7 +294,7 @@ class Trainer:
             if self.best.get("epoch") is not None and best.exists():
                 checkpoints.read(best, "cpu", config_hash(self.cfg), mmap=True)
             print(f"Resuming {self.run_dir} from epoch {self.epoch} step {self.step_in_epoch}.", flush=True)
-        self.starts.append(provenance.start_entry((self.epoch, self.step_in_epoch) if checkpoint.exists() else None))
+        provenance.record_start(self.starts, (self.epoch, self.step_in_epoch) if checkpoint.exists() else None)
         if self.dist.is_main and self.run_dir.is_dir():  # accepted: only now is anything in the directory touched
             litter = checkpoints.remove_litter(self.run_dir)
             if litter:
