@@ -25,7 +25,7 @@ commands:
   sweep SPEC [--dry-run | --local [--max-parallel N]] [--sweep-dir DIR] [--allow-dirty] [--force]
                              submit a sweep (sweeps/*.yaml) to SLURM as a job array and return; --local runs it here
   status SWEEP_DIR [--json]  pending / running / done / failed per cell, with errors and log tails
-  leaderboard DIRS... [--out leaderboard/]
+  leaderboard DIRS... --out DIR [--force]
                              gather run records into Markdown/LaTeX/CSV/HTML tables and figures
   world-report RUNS_DIR --out DIR
                              attribute-world results: R@K and per-attribute linear probes per method row
@@ -104,8 +104,20 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmark.engine.control import StopRequested
     from benchmark.sweeps.submit import main as sweep_main
 
+    try:
+        return _sweep(sweep_main, args)
+    except StopRequested as stop:  # Ctrl-C / SIGTERM on sweep --local: the cells checkpointed and stopped
+        print(str(stop), file=sys.stderr)
+        return stop.exit_status
+    except KeyboardInterrupt:  # before any cell started (while the cells were composed)
+        print("Interrupted before any cell started; nothing is running. Run the same command again.", file=sys.stderr)
+        return 130
+
+
+def _sweep(sweep_main: Callable[..., int], args: argparse.Namespace) -> int:
     return sweep_main(
         args.spec,
         sweep_dir=args.sweep_dir,

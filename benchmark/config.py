@@ -30,6 +30,7 @@ from benchmark.engine.checks import (
     ks_problem,
     missing_device,
     override_problem,
+    path_component_problem,
     unwritable_reason,
     value_problem,
     warmup_problem,
@@ -456,6 +457,8 @@ def _validate(cfg: DictConfig) -> None:
     reason = unwritable_reason(cfg.out_dir)
     if reason:
         raise ConfigError(f"out_dir={cfg.out_dir}: {reason}. Pass out_dir=DIR, a directory you can write to.")
+    if cfg.run_name is not None:
+        _raise_if(path_component_problem("run_name", cfg.run_name, "out_dir/<dataset>/<method>/"))
 
 
 def _raise_if(problem: str | None) -> None:

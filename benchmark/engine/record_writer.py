@@ -94,6 +94,7 @@ class RecordWriter:
             "config_hash": config_hash(cfg),
             "config": self.config,
             "git": self.git,
+            **d.get("provenance", {}),  # method_code {hash, files}, starts [{started, git_sha, git_dirty, ...}]
             "versions": records.library_versions(),
             "timings": {"started": self.started, "updated": records.utc_now(), "train_s": train_s, "eval_s": eval_s},
             "evaluation": self.eval_settings,

@@ -293,21 +293,24 @@ def aggregate(runs: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
 
 def build_leaderboard(
     paths: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike = "leaderboard",
+    out_dir: str | os.PathLike,
     reference: str | None = None,
     formats: Iterable[str] = FORMATS,
     metric: str = "recall@1",
     reported_dir: str | os.PathLike | None = DEFAULT_REPORTED_DIR,
     command: str | None = None,
+    force: bool = False,
 ) -> dict[str, Path]:
     """Gather, aggregate and write the leaderboard into ``out_dir``; returns ``{name: written path}``.
 
     ``formats`` is any of :data:`FORMATS`; ``metric`` is the one the figures and the gain plot show;
     ``reported_dir`` holds the published numbers (None: leave them out); ``command`` is the regeneration command
-    printed in the README (default: rebuilt from the arguments).
+    printed in the README (default: rebuilt from the arguments). Files in ``out_dir`` that an earlier build did not
+    write (or that changed since) are never replaced or deleted unless ``force`` (:mod:`benchmark.leaderboard.outdir`).
     """
     from benchmark.leaderboard import figures, render
     from benchmark.leaderboard.html import to_html
+    from benchmark.leaderboard.outdir import check_out_dir, record_written
     from benchmark.leaderboard.reported import load_reported
 
     formats = set(formats)
@@ -322,6 +325,7 @@ def build_leaderboard(
     reason = unwritable_reason(out)
     if reason:  # before reading anything, so a long gather does not end in a failed write
         raise ValueError(f"--out {out}: {reason}. Pass --out DIR, a directory you can write to.")
+    check_out_dir(out, formats, force)  # nothing a user already has is replaced without --force
     runs, skipped = gather(paths)
     warn_skipped(skipped)
     agg = aggregate(runs, reference)
@@ -346,6 +350,7 @@ def build_leaderboard(
         written["html"] = render.write_atomic(out / "leaderboard.html", to_html(ctx))
     if "md" in formats:
         written["md"] = render.write_atomic(out / "README.md", render.to_markdown(ctx))
+    record_written(out, written.values())
     return written
 
 
@@ -356,7 +361,14 @@ def make_parser() -> argparse.ArgumentParser:
         description="Gather run records into comparison tables (Markdown, LaTeX, CSV, HTML) and figures.",
     )
     parser.add_argument("paths", nargs="*", help="run or sweep directories, or record.json files (none: reported only)")
-    parser.add_argument("--out", default="leaderboard", help="output directory (default: leaderboard/)")
+    parser.add_argument(
+        "--out", required=True, help="output directory (required: a build never lands in a directory by default)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files in --out that an earlier build did not write (or that changed)",
+    )
     parser.add_argument("--reference", default=None, help="method the deltas and the gain figure compare against")
     parser.add_argument("--metric", default="recall@1", choices=METRICS, help="metric of the figures (default R@1)")
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
@@ -379,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             metric=args.metric,
             reported_dir=None if args.no_reported else args.reported,
             command=command,
+            force=args.force,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
