@@ -32,6 +32,7 @@ class DatasetConfig:
     strict: bool = True  # false: count mismatches warn instead of failing (miniature or partial copies)
     val_fraction: float = 0.2  # training classes carved off (class-disjoint) for model selection
     options: dict[str, Any] = field(default_factory=dict)  # reader options (embedded datasets: size, seed)
+    card: str | None = None  # a card file outside datasets/ (benchmark/data/cards.py); selects dataset=<its name>
 
 
 @dataclass
@@ -140,6 +141,7 @@ NON_RESULT_KEYS = (
     "train.checkpoint_every",  # when checkpoints are written, not what is trained (a resumed run ends the same)
     "eval.batch_size",
     "eval.backend",
+    "dataset.card",  # where the card file lies, not what it says (its name, split and counts are in the config)
     "eval.attribute_probe",  # an extra measurement on the same model: same run, and older runs keep their hash
 )
 
@@ -210,7 +212,10 @@ def _explain_unknown_key(err: Exception, overrides: list[str], cfg_probe: DictCo
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """Compose the run config from ``key=value`` overrides (validated against the dataclass schemas and the value
     rules of :func:`_validate`, before any data is read); raise :class:`ConfigError` with a one-line reason."""
-    overrides = _prepare_overrides(overrides or [])
+    from benchmark.data.base import DATASETS_DIR
+    from benchmark.data.cards import use_card_file
+
+    overrides = _prepare_overrides(use_card_file(overrides or [], DATASETS_DIR))
     register_configs()
     _check_group_choices(overrides)
     overrides, card = _apply_protocol(overrides)
@@ -304,7 +309,7 @@ def _check_sampler(cfg: DictConfig, card: dict[str, Any]) -> None:
 QUOTE_HINT = "Overrides are key=value; quote a value holding special characters: key='value'."
 #: Keys whose values are names or paths: quoted for Hydra's override grammar when they hold spaces, commas,
 #: non-ASCII letters or other characters the grammar reserves, so such paths simply work.
-PATH_KEYS = ("out_dir", "run_name", "dataset.root", "backbone.checkpoint", "backbone.name")
+PATH_KEYS = ("out_dir", "run_name", "dataset.root", "dataset.card", "backbone.checkpoint", "backbone.name")
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./~+@:-]*")
 
 
