@@ -240,13 +240,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message is the whole story for a user (no traceback)."""
+    from benchmark.data.cards import CardError
     from benchmark.engine.encoder import BackboneWeightsError
     from benchmark.engine.trainer import TrainingError
     from benchmark.sweeps.cluster import ClusterError
     from benchmark.sweeps.manifest import DirtyTreeError
     from benchmark.sweeps.spec import SpecError
 
-    errors: list[type[BaseException]] = [BackboneWeightsError, TrainingError, ClusterError, DirtyTreeError, SpecError]
+    errors: list[type[BaseException]] = [
+        CardError,
+        BackboneWeightsError,
+        TrainingError,
+        ClusterError,
+        DirtyTreeError,
+        SpecError,
+    ]
     try:
         from benchmark.evaluation.metrics import ScoreInputError
 

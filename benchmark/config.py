@@ -212,10 +212,10 @@ def _explain_unknown_key(err: Exception, overrides: list[str], cfg_probe: DictCo
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """Compose the run config from ``key=value`` overrides (validated against the dataclass schemas and the value
     rules of :func:`_validate`, before any data is read); raise :class:`ConfigError` with a one-line reason."""
-    from benchmark.data.base import DATASETS_DIR
+    from benchmark.data.base import DATASETS_DIR, reader_names
     from benchmark.data.cards import use_card_file
 
-    overrides = _prepare_overrides(use_card_file(overrides or [], DATASETS_DIR))
+    overrides = _prepare_overrides(use_card_file(overrides or [], DATASETS_DIR, reader_names()))
     register_configs()
     _check_group_choices(overrides)
     overrides, card = _apply_protocol(overrides)

@@ -11,7 +11,7 @@ import yaml
 
 from benchmark.cli import main
 from benchmark.data import cards
-from benchmark.data.base import DATASETS_DIR
+from benchmark.data.base import DATASETS_DIR, reader_names
 from tests import miniature
 
 RUN = ["train.epochs=1", "train.batch_size=8", "train.m_per_class=2", "train.steps_per_epoch=2", "train.progress=false",
@@ -33,7 +33,7 @@ def image_root(tmp_path):
 
 def test_every_shipped_card_passes_the_validator_user_cards_pass():
     for path in sorted(DATASETS_DIR.glob("*.yaml")):
-        cards.read_card(path)
+        cards.read_card(path, reader_names())
 
 
 def test_a_card_from_the_environment_lists_and_runs(image_root, tmp_path, monkeypatch, capsys):

@@ -108,7 +108,7 @@ def list_cards() -> dict[str, dict[str, Any]]:
     """Every dataset card by name: ``datasets/``, then the user's (:mod:`benchmark.data.cards`)."""
     from benchmark.data.cards import collect
 
-    return collect(DATASETS_DIR)[0]
+    return collect(DATASETS_DIR, reader_names())[0]
 
 
 def card_sources() -> dict[str, tuple[str, Path]]:
@@ -116,7 +116,14 @@ def card_sources() -> dict[str, tuple[str, Path]]:
     ``dataset.card``."""
     from benchmark.data.cards import collect
 
-    return collect(DATASETS_DIR)[1]
+    return collect(DATASETS_DIR, reader_names())[1]
+
+
+def reader_names() -> list[str]:
+    """The registered reader names (what a card's ``reader:`` may say)."""
+    import benchmark.data.readers  # noqa: F401  (registers the built-in readers)
+
+    return sorted(_READERS)
 
 
 def load_card(name: str) -> dict[str, Any]:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-from benchmark.data.base import DatasetError
 
 ENV_VAR = "DML_BENCHMARK_CARDS"
 NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
@@ -27,14 +26,14 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _NAMED: dict[str, Path] = {}
 
 
-class CardError(DatasetError):
-    """A dataset card that is not valid; the message names the file and what to fix."""
+class CardError(ValueError):
+    """A dataset card that is not valid; the message names the file and what to fix. (Not a DatasetError: this
+    module stays below :mod:`benchmark.data.base`, which reads cards through it; the CLI shows both in one line.)"""
 
 
-def validate_card(card: Any, path: Path) -> dict[str, Any]:
-    """Check a card's fields (the same rules for shipped and user cards); returns the card."""
-    from benchmark.data.base import _READERS, get_reader
-    from benchmark.registry import UnknownNameError
+def validate_card(card: Any, path: Path, readers: Collection[str]) -> dict[str, Any]:
+    """Check a card's fields (the same rules for shipped and user cards; ``readers``: the registered reader names);
+    returns the card."""
 
     def bad(what: str) -> CardError:
         return CardError(f"Dataset card {path}: {what}. See datasets/*.yaml for complete examples.")
@@ -47,10 +46,8 @@ def validate_card(card: Any, path: Path) -> dict[str, Any]:
     for key in ("title", "reader"):
         if not isinstance(card.get(key), str) or not card[key].strip():
             raise bad(f"'{key}' must be a non-empty string")
-    try:
-        get_reader(card["reader"])
-    except UnknownNameError:
-        raise bad(f"unknown reader {card['reader']!r}; readers: {', '.join(sorted(_READERS))}") from None
+    if card["reader"] not in readers:
+        raise bad(f"unknown reader {card['reader']!r}; readers: {', '.join(sorted(readers))}")
     if not isinstance(card.get("needs_root", True), bool):
         raise bad("'needs_root' must be true or false")
     for key in ("defaults", "reader_options", "expected", "split", "protocols"):
@@ -75,7 +72,7 @@ def validate_card(card: Any, path: Path) -> dict[str, Any]:
     return card
 
 
-def read_card(path: str | os.PathLike) -> dict[str, Any]:
+def read_card(path: str | os.PathLike, readers: Collection[str]) -> dict[str, Any]:
     """Read and validate one card file."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -85,7 +82,7 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CardError(f"Dataset card {path}: not readable YAML ({first}).") from None
-    return validate_card(card, path.resolve())
+    return validate_card(card, path.resolve(), readers)
 
 
 def user_dirs() -> list[Path]:
@@ -100,7 +97,9 @@ def user_dirs() -> list[Path]:
     return dirs
 
 
-def collect(shipped_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[str, Path]]]:
+def collect(
+    shipped_dir: Path, readers: Collection[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[str, Path]]]:
     """Every card by name and, by name, where it came from: ``("shipped" | "$DML_BENCHMARK_CARDS" |
     "dataset.card", path)``. Shipped cards are trusted as committed (their tests validate them); user cards are
     validated here and skipped, with a warning, when invalid or when their name is taken."""
@@ -114,7 +113,7 @@ def collect(shipped_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, tup
     user += [("dataset.card", p) for p in _NAMED.values()]
     for origin, path in user:
         try:
-            card = read_card(path)
+            card = read_card(path, readers)
         except CardError as err:
             warnings.warn(f"{err} Skipped.", stacklevel=3)
             continue
@@ -131,7 +130,7 @@ def collect(shipped_dir: Path) -> tuple[dict[str, dict[str, Any]], dict[str, tup
     return cards, sources
 
 
-def use_card_file(overrides: list[str], shipped_dir: Path) -> list[str]:
+def use_card_file(overrides: list[str], shipped_dir: Path, readers: Collection[str]) -> list[str]:
     """``dataset.card=PATH`` on the command line: validate the card, make its name a ``dataset=`` option in this
     process, and select it (a ``dataset=`` naming another card is refused). Returns the overrides."""
     given = [o for o in overrides if o.partition("=")[0].lstrip("+~") == "dataset.card"]
@@ -140,7 +139,7 @@ def use_card_file(overrides: list[str], shipped_dir: Path) -> list[str]:
     raw = given[-1].partition("=")[2].strip("'\"")
     if raw in ("", "null"):
         return overrides
-    card = read_card(raw)
+    card = read_card(raw, readers)
     path, name = Path(raw).expanduser().resolve(), card["name"]
     taken = {c.get("name"): p for p in shipped_dir.glob("*.yaml") for c in [yaml.load(p.read_text(), Loader=_LOADER)]}
     if name in taken:

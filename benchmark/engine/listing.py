@@ -19,7 +19,7 @@ def listing_lines() -> list[str]:
         recommended = getattr(cls, "recommended", None)
         if recommended:
             lines.append(f"  {'':<20} recommended: {' '.join(f'{k}={v}' for k, v in recommended.items())}")
-    lines.append(f"datasets (card: shipped in datasets/, from ${ENV_VAR}, or dataset.card=FILE):")
+    lines.append("datasets:")
     sources = card_sources()
     for name, card in list_cards().items():
         counts = card.get("expected") or {}
@@ -30,6 +30,7 @@ def listing_lines() -> list[str]:
         )
         origin, path = sources.get(name, ("?", None))
         lines.append(f"  {'':<20} card: {path} ({origin})")
+    lines.append(f"  {'':<20} (your own cards: a directory named by ${ENV_VAR}, or dataset.card=FILE)")
     lines.append("protocols (protocol=NAME; sweeps/protocols/NAME.yaml):")
     lines += describe_protocols()
     lines.append("backbones:")
