@@ -151,6 +151,7 @@ def note(metric_label: str, reference: str) -> str:
         f"p (Welch): Welch's t-test of {metric_label} over seeds against {reference} (scipy.stats.ttest_ind, "
         "equal_var=False); p (Holm): Holm-corrected across this table's Welch comparisons. 95% CI: with one seed on "
         f"either side, a bootstrap interval of ΔR@1 in points over the test queries (paired, {RESAMPLES:,} resamples, "
-        f"percentile method, seed {BOOTSTRAP_SEED}). ‡ one seed and no per-query hits in the record (written before "
-        "they were stored): no interval; re-run the configuration to get one."
+        f"percentile method, seed {BOOTSTRAP_SEED}). ‡ no interval: one seed and no per-query hits in the record "
+        "(written before they were stored; re-run the configuration to get one), or a metric other than R@1 "
+        "(per-query hits are stored for R@1 only); leaderboard.csv's sig_test says which."
     )
