@@ -75,7 +75,9 @@ def _checkpoint(run_dir: Path, record: dict[str, Any]) -> Path:
 def export_config(record: dict[str, Any]) -> dict[str, Any]:
     """The export's ``config.json``: the architecture (backbone, method and its config) and what the run measured."""
     cfg = record["config"]
-    backbone = dict(cfg["backbone"]) | {"pretrained": False, "checkpoint": None}  # the weights come from the export
+    backbone = dict(cfg["backbone"]) | {"pretrained": False}  # the weights come from the export, not the hub
+    if backbone.get("kind") != "exported":  # an export fine-tuned further needs its first export's architecture
+        backbone["checkpoint"] = None
     data, protocol = record["data"], record["protocol"]
     return {
         "format": FORMAT,
