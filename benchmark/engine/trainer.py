@@ -25,6 +25,7 @@ from benchmark.data.base import DatasetSplits, carve_validation, load_dataset
 from benchmark.engine import checkpoints, distributed, provenance
 from benchmark.engine.backprop import Backprop
 from benchmark.engine.checkpoints import CheckpointError
+from benchmark.engine.compute import ComputeMeter
 from benchmark.engine.control import (  # noqa: F401 (re-exported: the sweeps and tests import them from here)
     _STOP,
     StopRequested,
@@ -53,6 +54,7 @@ from benchmark.engine.setup import (  # noqa: F401 (re-exported: the sweeps impo
     run_directory,
     seed_everything,
 )
+from benchmark.evaluation.per_query import per_query_section
 from benchmark.evaluation.run_outputs import write_run_outputs
 from benchmark.method import Method, TaskInfo
 from benchmark.registry import get_method
@@ -364,6 +366,7 @@ class Trainer:
         """Train (resuming if a checkpoint exists), select, evaluate on test, and return the final record."""
         with stop_on_signals():  # SIGTERM / Ctrl-C: checkpoint at the next step, then StopRequested
             self.resume()  # refuses an unusable checkpoint before anything is written
+            self.compute = ComputeMeter(self.run_dir, self.device, self.dist.world_size)  # the record's cost
             recorder = (
                 RecordWriter(self.cfg, self.run_dir, self.splits.card, self.describe())
                 if self.dist.is_main
@@ -446,10 +449,16 @@ class Trainer:
             train_s=train_time,
             eval_s=time.time() - t0,
             attribute_probe=probe,
+            per_query=per_query_section(test_embeddings, test_labels, ecfg) if self.dist.is_main else None,
         )
 
     def _write(self, recorder, **fields: Any) -> dict[str, Any] | None:
-        return recorder.write(history=self.history, diagnostics=self.method.diagnostics(), **fields)
+        diagnostics, step = self.method.diagnostics(), self.epoch * self.steps_per_epoch + self.step_in_epoch
+        compute = self.compute.section(
+            step=step, batch_size=self.cfg.train.batch_size, steps_per_epoch=self.steps_per_epoch,
+            history=self.history, diagnostics=diagnostics, train_s=fields.get("train_s"), eval_s=fields.get("eval_s"),
+        )  # fmt: skip
+        return recorder.write(history=self.history, diagnostics=diagnostics, compute=compute, **fields)
 
     def describe(self) -> dict[str, Any]:
         """The record's fixed sections: backbone, data (transforms, normalisation), split sizes, method."""
