@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 scores, idx = run_bare()
                 t_bare.append(time.perf_counter() - t)
+        print(f"    repeat {rep + 1}/{args.repeat}: ours {t_ours[-1]:.2f} s, bare faiss {t_bare[-1]:.2f} s", flush=True)
     ratios = np.array(t_ours) / np.array(t_bare)
     print(f"(1) ours (faiss, no NMI): median {_spread(t_ours, 's')}; peak RSS after it {rss_ours:.2f} GB")
     print("    " + ", ".join(f"{k}={v:.6f}" for k, v in ours.items()))
