@@ -117,7 +117,7 @@ def identical_check(
     whether both sides lie in it (see :mod:`benchmark.perf.reference` for the derivation).
 
     ``scores``, ``idx``: the bare faiss search of every sample (query included), whose float32 scores are the ones
-    both sides order by (same index, same queries, same BLAS tiles); the evaluator rescores near-ties with float32
+    both sides order by (the same index searched with the same queries); the evaluator rescores near-ties with float32
     ``einsum`` (:func:`benchmark.evaluation.knn.pair_scores`). The band uses the larger of the two kernels' actual
     errors on those candidate pairs; the worst case any float32 summation allows is printed for comparison."""
     qids = np.arange(len(xn))
