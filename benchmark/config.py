@@ -14,7 +14,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra import compose, initialize
 from hydra.core.config_store import ConfigStore
@@ -22,7 +22,6 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.compose_cache import ComposeCache
 from benchmark.engine.checks import (
     device_problem,
     epochs_problem,
@@ -36,6 +35,9 @@ from benchmark.engine.checks import (
     warmup_problem,
 )
 from benchmark.registry import UnknownNameError, discover_methods, list_methods, suggest
+
+if TYPE_CHECKING:
+    from benchmark.sweeps.compose_cache import ComposeCache
 
 
 @dataclass
@@ -170,6 +172,16 @@ NON_RESULT_KEYS = (
 #: older run keeps its hash (and its directory) and only a changed value makes a new run.
 LATE_FIELDS = {"method.rollout_pairs_at_once": 0}
 
+#: Values used when neither the command line nor the dataset card sets a field left at None.
+FALLBACKS = {
+    "data.image_size": 224,
+    "backbone.name": "resnet50",
+    "backbone.pretrained": True,
+    "backbone.freeze_bn": True,
+    "train.lr": 1e-4,
+    "train.epochs": 60,
+}
+
 _REGISTERED = False
 #: The config groups (``group=option`` on the command line) and what their options are called in errors.
 GROUPS = {"method": "method", "dataset": "dataset", "backbone": "backbone preset", "protocol": "protocol"}
@@ -250,7 +262,7 @@ def compose_config(overrides: list[str] | None = None, cache: ComposeCache | Non
     """Compose the run config from ``key=value`` overrides (validated against the dataclass schemas and the value
     rules of :func:`_validate`, before any data is read); raise :class:`ConfigError` with a one-line reason.
 
-    ``cache`` (a :class:`benchmark.compose_cache.ComposeCache`) lets many configs (a sweep's cells) share what they
+    ``cache`` (a :class:`benchmark.sweeps.compose_cache.ComposeCache`) lets many configs (a sweep's cells) share what they
     have in common: the same config comes out, composed once per set of group choices instead of once per call.
     """
     from benchmark.data.base import DATASETS_DIR, reader_names
@@ -334,7 +346,6 @@ def _check_sampler(cfg: DictConfig, card: dict[str, Any]) -> None:
     """The m-per-class sampler's and the validation carve-out's constraints, from the card's expected class counts
     (a full copy of the dataset; reader options that change the classes skip the check)."""
     from benchmark.engine.protocols import expected_training_classes
-    from benchmark.engine.trainer import FALLBACKS
     from benchmark.registry import get_method
 
     epochs = cfg.train.epochs

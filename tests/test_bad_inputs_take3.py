@@ -431,8 +431,8 @@ SHARED_CASES = [
 def test_a_shared_composition_equals_a_composition_alone(overrides, tmp_path):
     from omegaconf import OmegaConf
 
-    from benchmark.compose_cache import ComposeCache
     from benchmark.config import compose_config
+    from benchmark.sweeps.compose_cache import ComposeCache
 
     cache = ComposeCache()
     compose_config(["seed=9"], cache=cache)  # the base is already there, as for every cell after the first

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from benchmark.config import config_hash
+from benchmark.config import FALLBACKS, config_hash
 
 
 def seed_everything(seed: int, deterministic_cuda: bool = True, device: torch.device | None = None) -> None:
@@ -32,17 +32,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-#: Values used when neither the command line nor the dataset card sets a field left at None.
-FALLBACKS = {
-    "data.image_size": 224,
-    "backbone.name": "resnet50",
-    "backbone.pretrained": True,
-    "backbone.freeze_bn": True,
-    "train.lr": 1e-4,
-    "train.epochs": 60,
-}
 
 
 def resolve_card_defaults(cfg: DictConfig, card: dict[str, Any]) -> None:

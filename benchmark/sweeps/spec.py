@@ -37,9 +37,9 @@ from typing import Any
 
 import yaml
 
-from benchmark.compose_cache import ComposeCache
 from benchmark.engine.records import REPO_ROOT
 from benchmark.sweeps.cluster import check_resources, resolve_resources
+from benchmark.sweeps.compose_cache import ComposeCache
 
 SPEC_KEYS = {
     "name",
@@ -247,7 +247,7 @@ PROGRESS_FROM = 50
 def validate_cells(cells: list[Cell]) -> None:
     """Compose every cell's config; raise one :class:`SpecError` naming each cell that fails and why.
 
-    What cells share is composed once (:class:`benchmark.compose_cache.ComposeCache`); a large grid shows a
+    What cells share is composed once (:class:`benchmark.sweeps.compose_cache.ComposeCache`); a large grid shows a
     progress bar on stderr.
     """
     from tqdm import tqdm
