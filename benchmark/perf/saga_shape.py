@@ -153,7 +153,8 @@ def build_shape(shape: str, step: FakeStep) -> Shape:
             )
 
             vision = InternVLVisionModel._from_config(config.vision_config, dtype=torch.float32)
-            tower = InternVLVisionTower(vision, InternVLMultiModalProjector(config).float(), config, name)
+            projector = InternVLMultiModalProjector(config)  # fp32 already (.float() cannot swap fake parameters)
+            tower = InternVLVisionTower(vision, projector, config, name)
             model = InternVLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
             model.model.vision_tower, model.model.multi_modal_projector = nn.Identity(), nn.Identity()
     _freeze(model)
@@ -220,6 +221,13 @@ class StepStubs:
         return wrapped
 
 
+def kv_shape(text: Any) -> tuple[int, int]:
+    """KV heads and head width of a text config."""
+    return int(text.num_key_value_heads), int(
+        getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    )
+
+
 def full_length_decode(sup: Any, prefix: Any, rows: int, length: int) -> None:
     """One decode step of the project's ``_forward`` on a DynamicCache already ``prefix + length - 1`` long."""
     cache = grown_cache(sup, rows, prefix.length + length - 1)
@@ -231,7 +239,7 @@ def grown_cache(sup: Any, rows: int, context: int) -> Any:
     from transformers import DynamicCache
 
     text = sup.model.config.text_config
-    heads, dim = text.num_key_value_heads, getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    heads, dim = kv_shape(text)
     cache = DynamicCache(config=text)
     for layer in range(text.num_hidden_layers):
         k = torch.empty(rows, heads, context, dim, dtype=torch.bfloat16)
@@ -324,6 +332,7 @@ def run_step(shape: Shape, length: int, micro_batches: int, grad_norm_step: bool
         "consumed": len(tower),
         "pairs_replayed": len(replay),
         "pairs_offered": stubs.calls,
+        "prefix_tokens": max((p.length for p in method._prefixes.values()), default=0),
         "grad_norm_step": grad_norm_step,
         "static_gib": static / GIB,
         "peak_gib": step.peak / GIB,
@@ -357,7 +366,7 @@ def decode_counts(shape: Shape, rows: int, context: int) -> dict[str, float]:
                 scores = warp(None, scores)
             torch.multinomial(scores.softmax(-1), 1)
     text = model.config.text_config
-    heads, dim = text.num_key_value_heads, getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    heads, dim = kv_shape(text)
     kv_token = 2 * text.num_hidden_layers * heads * dim * 2  # K and V, bf16, every layer
     embed = model.get_input_embeddings().weight
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) - embed.numel() * embed.element_size()
@@ -408,3 +417,94 @@ def step_seconds(run: dict, per_pair: dict, batched: dict, length: int, card: st
 
 def dataset_hours(seconds_per_step: float) -> dict[str, float]:
     return {name: n // BATCH * EPOCHS * seconds_per_step / 3600 for name, n in DATASETS.items()}
+
+
+# ------------------------------------------------------------------------------------------------- the command
+LAUNCH_S = 5e-6  # assumed per-kernel launch cost of an eager PyTorch loop on a GPU (an estimate, not a measurement)
+
+
+def measure(shape_name: str, lengths: list[int], micro_batches: list[int], card: str = "aircraft") -> dict[str, Any]:
+    """Every number the command prints: parameters, one step per (length, micro-batches) plus the gradient-norm
+    step at the cap, and the decode-step counts at the mean context of each length."""
+    shape = build_shape(shape_name, FakeStep())
+    runs = [run_step(shape, length, m, False, card) for length in lengths for m in micro_batches]
+    runs += [run_step(shape, length, max(micro_batches), True, card) for length in lengths]
+    prefix = runs[0]["prefix_tokens"]
+    decode = {}
+    for length in lengths:
+        context = prefix + length // 2
+        decode[length] = {"per_pair": decode_counts(shape, 8, context), "batched": decode_counts(shape, 64, context)}
+    return {"shape": shape_name, "params": shape.counts(), "runs": runs, "decode": decode, "prefix_tokens": prefix}
+
+
+def report(r: dict[str, Any]) -> str:
+    p = r["params"]
+    lines = [
+        f"SAGA step at the {r['shape']} shape, fake tensors (measured; live-tensor bytes, 512-B blocks)",
+        f"  params: tower {p['tower'] / 1e6:.1f} M (fp32 {p['tower'] * 4 / GIB:.2f} GiB, AdamW states "
+        f"{p['tower'] * 8 / GIB:.2f} GiB), frozen LM {p['lm'] / 1e9:.3f} B (bf16 {p['lm'] * 2 / GIB:.2f} GiB); "
+        f"prefix {r['prefix_tokens']} tokens (estimated prompt length)",
+        "  L     mb  gn  static  tower/mb  replay/pair  tower_fwd  rollouts  replay_fwd  backward  optim   PEAK GiB",
+    ]
+    for x in r["runs"]:
+        ph = x["phase_peak_gib"]
+        lines.append(
+            f"  {x['length']:<5} {x['consumed']:<3} {'y' if x['grad_norm_step'] else 'n':<3} {x['static_gib']:6.1f}  "
+            f"{x['tower_graph_gib']:8.2f}  {x['replay_graph_gib'][1]:11.2f}  {ph.get('tower_forward', 0):9.1f}  "
+            f"{max(ph.get('rollouts', 0), ph.get('prefix', 0)):8.1f}  {ph.get('replay_forward', 0):10.1f}  "
+            f"{_backward_peak(ph):8.1f}  {ph.get('optimizer', 0):5.1f}   {x['peak_gib']:6.1f}"
+        )
+    lines.append(
+        "  decode step (measured counts, mean context): t_token_step = max(bytes / bandwidth, FLOPs / bf16 peak)"
+    )
+    for length, d in r["decode"].items():
+        for kind, c in d.items():
+            lines.append(
+                f"    L={length} {kind:<8} {c['rows']:>2} seqs, context {c['context']}: {c['flops'] / 1e9:8.1f} GFLOP, "
+                f"{c['bytes_floor'] / 1e9:6.1f} GB floor ({c['bytes_unfused'] / 1e9:6.1f} GB unfused), "
+                f"{c['kernels']:.0f} kernels, KV {c['kv_cache_gib']:.2f} GiB"
+            )
+    lines.append("  estimated s/step (floors) and hours per dataset (3 epochs of 64), by micro-batches consumed:")
+    for length, d in r["decode"].items():
+        for x in (x for x in r["runs"] if x["length"] == length and not x["grad_norm_step"]):
+            for card in ("H100 SXM 80GB", "H200 141GB"):
+                est = step_seconds(x, d["per_pair"], d["batched"], length, card)
+                today = est["decode_per_pair_s"] + est["other_phases_s"]
+                batched = est["decode_batched_s"] + est["other_phases_s"]
+                hours = dataset_hours(batched)
+                lines.append(
+                    f"    L={length} mb={x['consumed']} {card:<14} per-pair loop {today:6.1f} s, batched {batched:6.1f} s"
+                    f" -> h: " + ", ".join(f"{k} {v:.2f}" for k, v in hours.items())
+                )
+    return "\n".join(lines)
+
+
+def _backward_peak(phases: dict[str, float]) -> float:
+    return max((v for k, v in phases.items() if k.startswith("backward")), default=0.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmark.perf.saga --shape NAME [--lengths 800,1024] [--micro-batches 1,2,3,4,5] [--out F]``."""
+    import argparse
+    import os
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="SAGA's step at the paper's shape on fake tensors")
+    parser.add_argument("--shape", required=True, choices=sorted(SHAPES))
+    parser.add_argument("--lengths", default="800,1024", help="answer lengths L, comma-separated")
+    parser.add_argument("--micro-batches", default="", help="micro-batches consumed (default 1..max_refill_batches+1)")
+    parser.add_argument("--dataset", default="aircraft", help="dataset card that supplies the prompt")
+    parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
+    args = parser.parse_args(argv)
+    from methods.saga import SAGAConfig
+
+    lengths = [int(v) for v in args.lengths.split(",") if v]
+    micro = [int(v) for v in args.micro_batches.split(",") if v] or list(range(1, SAGAConfig.max_refill_batches + 2))
+    result = measure(args.shape, lengths, micro, args.dataset)
+    print(report(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as handle:
+            json.dump(result, handle, indent=2, default=str)
+        os.replace(handle.name, args.out)
+    return 0
