@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--shape" or a.startswith("--shape=") for a in argv):  # the paper's shape on fake tensors
-        from benchmark.perf.saga_shape import main as shape_main
+        from benchmark.perf.saga_shape_report import main as shape_main
 
         return shape_main(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
