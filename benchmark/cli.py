@@ -17,6 +17,9 @@ commands:
                              dataset); e.g. run method=proxy_anchor dataset=cub dataset.root=/data/CUB_200_2011 seed=1
   list                       methods (with paper and year), datasets and backbones, one line each
   score FILE.npz [--json]    the protocol's metrics for any embeddings (arrays 'embeddings' N×D, 'labels' N)
+  score --neighbours FILE    the same metrics from a run's per-query neighbours (eval.save_neighbours=true)
+  neighbours RUN_DIR... --out FILE.png [--queries 2,5] [--force]
+                             several runs' galleries side by side on the same test queries, R@1 disagreements marked
   prepare dataset=X dataset.root=DIR
                              fetch (where a public URL exists), verify and validate a dataset copy
   sweep SPEC [--dry-run | --local [--max-parallel N]] [--sweep-dir DIR] [--allow-dirty] [--force]
@@ -58,9 +61,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from benchmark.engine.run import format_metrics
-    from benchmark.evaluation.metrics import score_file
+    from benchmark.evaluation.metrics import ScoreInputError, score_file
 
-    metrics = score_file(args.file)
+    if (args.file is None) == (args.neighbours is None):
+        raise ScoreInputError(
+            "score takes one file: FILE.npz (embeddings and labels) or --neighbours FILE (a run's neighbours.npz)"
+        )
+    if args.neighbours is not None:
+        from benchmark.evaluation.neighbours import score_neighbours
+
+        metrics = score_neighbours(args.neighbours)
+    else:
+        metrics = score_file(args.file)
     if args.json:  # strict JSON: a value that is not a finite number is written as null, never as a bare NaN
         safe = {k: (v if isinstance(v, (int, float)) and math.isfinite(v) else None) for k, v in metrics.items()}
         print(json.dumps(safe, indent=2, allow_nan=False))
@@ -77,8 +89,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         item for item in args.overrides if "=" not in item
     ]
     if unknown or "dataset" not in options or "dataset.root" not in options:
+        if unknown:
+            what = f"prepare takes only dataset, dataset.root and dataset.strict, not {', '.join(unknown)}"
+        else:
+            what = f"missing {' and '.join(k for k in ('dataset', 'dataset.root') if k not in options)}"
         raise SystemExit(
-            "usage: python -m benchmark prepare dataset=NAME dataset.root=DIR [dataset.strict=false] "
+            f"error: {what}. usage: python -m benchmark prepare dataset=NAME dataset.root=DIR [dataset.strict=false] "
             f"(got: {' '.join(args.overrides) or 'nothing'})"
         )
     strict = options.get("dataset.strict", "true").lower() not in ("false", "0", "no")
@@ -114,6 +130,19 @@ def _cmd_world_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_neighbours(args: argparse.Namespace) -> int:
+    from benchmark.evaluation.gallery import compare_runs, load_gallery
+
+    out, differ = compare_runs(args.runs, args.out, force=args.force, queries=args.queries)
+    queries = load_gallery(args.runs[0])[0]["queries"]
+    print(f"wrote {out}: {len(args.runs)} run(s), {len(queries)} queries")
+    if len(args.runs) > 1:
+        print(f"R@1 differs on {len(differ)} of {len(queries)} queries" + (":" if differ else "."))
+        for i in differ:
+            print(f"  query {i + 1}: {queries[i]['class_name']} (test image {queries[i]['index']})")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from benchmark.sweeps.status import main as status_main
 
@@ -127,6 +156,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "prepare": (_cmd_prepare, "fetch, verify and validate a dataset"),
     "sweep": (_cmd_sweep, "submit a sweep to SLURM (or run it here with --local)"),
     "status": (_cmd_status, "show the state of every cell of a sweep"),
+    "neighbours": (_cmd_neighbours, "several runs' neighbour galleries side by side on the same queries"),
     "world-report": (_cmd_world_report, "per-attribute probe and Recall@K report of an attributes-world sweep"),
 }
 
@@ -146,6 +176,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positions(text: str) -> list[int]:
+    """An argparse type: a comma-separated list of positive integers (query positions, 1-based)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected query positions such as 2,5 (1-based), got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -161,8 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     sub.add_parser("list", help=COMMANDS["list"][1])
     p = sub.add_parser("score", help=COMMANDS["score"][1])
-    p.add_argument("file", help=".npz with arrays 'embeddings' (N×D) and 'labels' (N)")
+    p.add_argument("file", nargs="?", help=".npz with arrays 'embeddings' (N×D) and 'labels' (N)")
+    p.add_argument("--neighbours", metavar="FILE", help="a run's neighbours.npz (eval.save_neighbours=true) instead")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON (the run record's keys)")
+    p = sub.add_parser("neighbours", help=COMMANDS["neighbours"][1])
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each holding record.json, gallery/)")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--queries", type=_positions, help="draw only these queries, e.g. 2,5 (1-based; default: all of them)"
+    )
     p = sub.add_parser("prepare", help=COMMANDS["prepare"][1])
     p.add_argument("overrides", nargs="*", help="dataset=NAME dataset.root=DIR")
     p.add_argument("--no-download", action="store_true", help="only validate the copy already in dataset.root")
@@ -213,16 +262,19 @@ def main(argv: list[str] | None = None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message is the whole story for a user (no traceback)."""
     from benchmark.engine.encoder import BackboneWeightsError
+    from benchmark.engine.preflight import RunDirectoryError
     from benchmark.engine.trainer import TrainingError
     from benchmark.sweeps.cluster import ClusterError
     from benchmark.sweeps.manifest import DirtyTreeError
     from benchmark.sweeps.spec import SpecError
 
     errors: list[type[BaseException]] = [BackboneWeightsError, TrainingError, ClusterError, DirtyTreeError, SpecError]
+    errors.append(RunDirectoryError)
     try:
+        from benchmark.evaluation.gallery import GalleryError
         from benchmark.evaluation.metrics import ScoreInputError
 
-        errors.append(ScoreInputError)
+        errors += [ScoreInputError, GalleryError]
     except ImportError:
         pass
     return tuple(errors)

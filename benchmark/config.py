@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
@@ -21,7 +22,18 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.engine.checks import device_problem, epochs_problem, missing_device, unwritable_reason, value_problem
+from benchmark.compose_cache import ComposeCache
+from benchmark.engine.checks import (
+    device_problem,
+    epochs_problem,
+    finite_problem,
+    ks_problem,
+    missing_device,
+    override_problem,
+    unwritable_reason,
+    value_problem,
+    warmup_problem,
+)
 from benchmark.registry import UnknownNameError, discover_methods, list_methods, suggest
 
 
@@ -45,6 +57,7 @@ class BackboneConfig:
     gem_p: float = 3.0
     embedding_dim: int | None = 512  # linear head to this size; None: no head (pooled features, e.g. SAGA baselines)
     freeze_bn: bool | None = None  # None: the card's default, else true (Proxy Anchor / HIST official code)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (memory, not maths)
 
 
 @dataclass
@@ -92,6 +105,11 @@ class EvalConfig:
     # A linear probe per attribute on the test embeddings, where the dataset names its classes' attributes
     # (benchmark/evaluation/attribute_probe.py); false: skip it. It adds a measurement and changes no other result.
     attribute_probe: bool = True
+    # Beside the record: gallery/ (8 fixed test queries with their top-8 neighbours, as PNG + JSON;
+    # benchmark/evaluation/gallery.py), and with save_neighbours every test query's ranked neighbours
+    # (neighbours.npz; python -m benchmark score --neighbours FILE re-scores it). Neither changes a result.
+    gallery: bool = True
+    save_neighbours: bool = False
 
 
 @dataclass
@@ -141,7 +159,13 @@ NON_RESULT_KEYS = (
     "eval.batch_size",
     "eval.backend",
     "eval.attribute_probe",  # an extra measurement on the same model: same run, and older runs keep their hash
+    "backbone.activation_checkpointing",  # memory, not maths: the same gradients recomputed in backward
+    "eval.gallery",  # files beside the record, from the same test embeddings
+    "eval.save_neighbours",
 )
+#: Fields added after runs were recorded, left out of the hash while they hold the value every older run had, so an
+#: older run keeps its hash (and its directory) and only a changed value makes a new run.
+LATE_FIELDS = {"method.rollout_pairs_at_once": 0}
 
 _REGISTERED = False
 #: The config groups (``group=option`` on the command line) and what their options are called in errors.
@@ -184,9 +208,21 @@ def _check_group_choices(overrides: list[str]) -> None:
                 raise UnknownNameError(suggest(value, options, GROUPS[key]))
 
 
+def _parse_error(err: Exception) -> str:
+    return f"Cannot parse an override ({_first_line(err)}). {QUOTE_HINT}"
+
+
 def _explain_unknown_key(err: Exception, overrides: list[str], cfg_probe: DictConfig | None) -> str:
     """Turn Hydra's composition error for an unknown key into one that lists the keys and suggests one."""
     message = str(err)
+    ambiguous = re.match(r"Ambiguous value for argument '([^']*)'", message)
+    if ambiguous:  # Hydra suggests --multirun, which this command line does not have
+        key = ambiguous[1].partition("=")[0]
+        return (
+            f"{ambiguous[1]}: a comma-separated value is a sweep, which `run` does not do. For a list write "
+            f"{key}=[a,b]; to keep the comma in a string quote it: {key}='a,b'; for one run per value write a sweep "
+            f"spec (grid: {{{key}: [a, b]}}, see sweeps/smoke.yaml) and run python -m benchmark sweep SPEC."
+        )
     for item in overrides:
         key = item.partition("=")[0].lstrip("+~")
         if "." not in key or cfg_probe is None:
@@ -207,20 +243,39 @@ def _explain_unknown_key(err: Exception, overrides: list[str], cfg_probe: DictCo
     return message
 
 
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
+def compose_config(overrides: list[str] | None = None, cache: ComposeCache | None = None) -> DictConfig:
     """Compose the run config from ``key=value`` overrides (validated against the dataclass schemas and the value
-    rules of :func:`_validate`, before any data is read); raise :class:`ConfigError` with a one-line reason."""
+    rules of :func:`_validate`, before any data is read); raise :class:`ConfigError` with a one-line reason.
+
+    ``cache`` (a :class:`benchmark.compose_cache.ComposeCache`) lets many configs (a sweep's cells) share what they
+    have in common: the same config comes out, composed once per set of group choices instead of once per call.
+    """
     overrides = _prepare_overrides(overrides or [])
-    register_configs()
+    if cache is None or not cache.registered:
+        register_configs()
+        if cache is not None:
+            cache.registered = True
     _check_group_choices(overrides)
-    overrides, card = _apply_protocol(overrides)
+    if cache is None:
+        overrides, card = _apply_protocol(overrides)
+        cfg = _hydra_compose(overrides)
+    else:
+        cfg, card = cache.compose(overrides, GROUPS, _apply_protocol, _hydra_compose)
+    _validate(cfg)
+    _check_method_requirements(cfg)
+    _check_sampler(cfg, card)
+    return cfg
+
+
+def _hydra_compose(overrides: list[str]) -> DictConfig:
+    """Hydra's composition of the ``run`` config; its errors as one-line :class:`ConfigError`."""
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize(version_base=None, config_path=None):
         try:
-            cfg = compose(config_name="run", overrides=overrides)
+            return compose(config_name="run", overrides=overrides)
         except OverrideParseException as err:
-            raise ConfigError(f"Cannot parse an override ({_first_line(err)}). {QUOTE_HINT}") from None
+            raise ConfigError(_parse_error(err)) from None
         except ConfigCompositionException as err:
             groups_only = [o for o in overrides if o.partition("=")[0] in GROUPS]
             try:
@@ -228,10 +283,6 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
             except ConfigCompositionException:
                 probe = None
             raise ConfigError(_explain_unknown_key(err.__cause__ or err, overrides, probe)) from None
-    _validate(cfg)
-    _check_method_requirements(cfg)
-    _check_sampler(cfg, card)
-    return cfg
 
 
 def _group_choice(overrides: list[str], group: str) -> str | None:
@@ -277,7 +328,15 @@ def _check_sampler(cfg: DictConfig, card: dict[str, Any]) -> None:
     """The m-per-class sampler's and the validation carve-out's constraints, from the card's expected class counts
     (a full copy of the dataset; reader options that change the classes skip the check)."""
     from benchmark.engine.protocols import expected_training_classes
+    from benchmark.engine.trainer import FALLBACKS
+    from benchmark.registry import get_method
 
+    epochs = cfg.train.epochs
+    if epochs is None:
+        epochs = ((card.get("defaults") or {}).get("train") or {}).get("epochs") or FALLBACKS["train.epochs"]
+    _raise_if(warmup_problem(cfg.train.warmup_epochs, epochs, get_method(cfg.method.name).trains))
+    expected = {} if cfg.dataset.options else (card.get("expected") or {})  # reader options change the counts
+    _raise_if(ks_problem(list(cfg.eval.ks), expected.get("test_images")))
     if cfg.dataset.options:
         return
     total = (card.get("expected") or {}).get("train_classes")
@@ -327,6 +386,7 @@ def _prepare_overrides(overrides: list[str]) -> list[str]:
             raise ConfigError(
                 f"'{item}' is not an override{hint}: give key=value pairs, e.g. train.epochs=10 method=proxy_anchor."
             )
+        _raise_if(override_problem(key, value, PATH_KEYS) if sep or key.startswith("~") else None)
         bare = key.lstrip("+~")
         if bare in PATH_KEYS and value not in ("", "null") and value[0] not in "'\"" and "${" not in value:
             if not _PLAIN_VALUE.fullmatch(value):
@@ -367,6 +427,11 @@ def _validate(cfg: DictConfig) -> None:
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{key}={value} is not one of {', '.join(allowed)}.{hint}")
     _raise_if(value_problem(cfg))
+    _raise_if(finite_problem(to_container(cfg)))
+    for key in ("out_dir", "dataset.root", "backbone.checkpoint"):  # '~/x' quoted past the shell still means home
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value.startswith("~"):
+            OmegaConf.update(cfg, key, os.path.expanduser(value))
     if cfg.train.batch_size % cfg.train.m_per_class:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} must be a multiple of train.m_per_class={cfg.train.m_per_class} "
@@ -424,6 +489,10 @@ def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
     tree.pop("defaults", None)
     for key in NON_RESULT_KEYS:
         _drop(tree, key)
+    for key, value in LATE_FIELDS.items():
+        section, leaf = key.split(".")
+        if section in tree and leaf in tree[section] and tree[section][leaf] == value:
+            del tree[section][leaf]
     return stable_hash(tree, 8)
 
 

@@ -117,6 +117,12 @@ class Method(nn.Module):
     #: The protocol (``sweeps/protocols/<name>.yaml``) the method belongs to: its runs use it unless ``protocol=`` says
     #: otherwise (None: the dataset card's protocol). SAGA belongs to ``saga``, the setting of its paper.
     protocol: ClassVar[str | None] = None
+    #: True for a method whose ``training_step`` back-propagates its loss in parts (:meth:`backward_part`) and returns
+    #: the total detached; the engine then runs the step under DDP's ``no_sync`` and averages gradients once.
+    backward_in_parts: ClassVar[bool] = False
+    #: False for a method that cannot be bit-identical on CUDA anyway (SAGA: top-p sampling's cumsum and the replay's
+    #: attention backward have no deterministic kernels), so ``train.deterministic`` would only slow it down there.
+    cuda_deterministic: ClassVar[bool] = True
 
     @classmethod
     def check_config(cls, cfg: Any) -> str | None:
@@ -128,6 +134,32 @@ class Method(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.task = task
+        #: Set by the engine: its :class:`benchmark.engine.backprop.Backprop` (scale, autocast, DDP); None standalone.
+        self.backprop: Any = None
+
+    def backward_part(self, loss: torch.Tensor) -> None:
+        """Back-propagate a part of this step's loss now, freeing its graph (for steps too large to hold at once).
+
+        The gradients add up to those of one backward of the whole loss. Inside the engine this is its ``Backprop``
+        (finite check, ``1/grad_accum``, autocast off, DDP); standalone (a test, a script) it is ``loss.backward()``.
+        A step that uses it sets ``backward_in_parts = True`` and returns its total loss detached.
+        """
+        if self.backprop is not None:
+            self.backprop(loss)
+        elif loss.requires_grad:
+            loss.backward()
+
+    def backward_through(self, outputs: list[torch.Tensor], boundary: list[torch.Tensor]) -> None:
+        """Continue into ``outputs``' graph the gradient that earlier parts accumulated at ``boundary``: ``outputs``
+        detached and made leaves (``requires_grad_``), e.g. a tower's tokens replayed pair by pair through a frozen
+        LM, whose graph then runs backward once instead of once per pair. The gradients carry the engine's scale."""
+        grads = [b.grad for b in boundary]
+        if self.backprop is not None:
+            self.backprop.through(outputs, grads)
+        else:
+            pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None and o.requires_grad]
+            if pairs:
+                torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
 
     def param_groups(self) -> list[ParamGroup]:
         """Parameters this method owns, grouped by learning-rate multiplier. The default: one group, ×1."""
@@ -135,7 +167,8 @@ class Method(nn.Module):
         return [ParamGroup("method", params)] if params else []
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, encoder: Encoder) -> dict[str, Any]:
-        """One step's losses: a dict holding ``loss`` (a scalar tensor with grad) and detached scalars to log."""
+        """One step's losses: a dict holding ``loss`` (a scalar tensor with grad, which the engine back-propagates; or,
+        with ``backward_in_parts``, the total of the parts already back-propagated, detached) and detached scalars."""
         raise NotImplementedError
 
     def embed(self, images: torch.Tensor, encoder: Encoder) -> torch.Tensor:

@@ -123,6 +123,31 @@ def cub_labels_as_html(tmp: Path, _: pytest.MonkeyPatch) -> None:
     (base / "image_class_labels.txt").write_text("\n\n  <html>\n<body>Access denied</body></html>\n")
 
 
+def fake_gallery(run_dir: Path, dataset: str) -> None:
+    """A finished run directory with a (queryless) gallery of ``dataset``, as benchmark.evaluation.gallery writes it."""
+    from PIL import Image
+
+    from benchmark.evaluation import gallery
+
+    (run_dir / "gallery").mkdir(parents=True)
+    (run_dir / "record.json").write_text(json.dumps({"status": "completed", "dataset": dataset}))
+    Image.new("RGB", (64, 64)).save(run_dir / "gallery" / "thumbnails.png")
+    spec = {"file": "thumbnails.png", "cell": 64, "columns": 16, "order": []}
+    meta = {"format": gallery.FORMAT, "dataset": dataset, "method": "m", "seed": 0, "queries": [], "thumbnails": spec}
+    meta["test_split"] = {"dataset": dataset, "split": "test", "images": 10, "labels_sha1": "0"}
+    (run_dir / "gallery" / "gallery.json").write_text(json.dumps(meta))
+
+
+def galleries(*datasets: str, out_file: bool = False) -> Callable[[Path, pytest.MonkeyPatch], None]:
+    def setup(tmp: Path, _: pytest.MonkeyPatch) -> None:
+        for i, dataset in enumerate(datasets):
+            fake_gallery(tmp / f"run{i}", dataset)
+        if out_file:
+            (tmp / "n.png").write_bytes(b"a picture made earlier")
+
+    return setup
+
+
 # ----------------------------------------------------------------------------------------------- the catalogue
 CASES = [
     # -- silent wrong results (issue 13 item 2)
@@ -182,6 +207,20 @@ CASES = [
          ("cars_annos.mat is an html", "download failed"), cars_annotations_as_html),
     Case("cub-labels-are-an-html-page", run_args("dataset=cub", "dataset.root={tmp}/cub"),
          ("image_class_labels.txt is an html", "download the file again"), cub_labels_as_html),
+    # -- neighbours galleries and per-query results (issue 22 items 1 and 5)
+    Case("neighbours-run-without-gallery",
+         ("neighbours", "{tmp}/runs/attributes/proxy_anchor/0123abcd-s0", "--out", "{tmp}/n.png"),
+         ("has no gallery", "written before runs saved galleries", "force=true"), existing_run),
+    Case("neighbours-different-datasets", ("neighbours", "{tmp}/run0", "{tmp}/run1", "--out", "{tmp}/n.png"),
+         ("dataset 'cars'", "'cub'", "runs of one dataset"), galleries("cub", "cars")),
+    Case("neighbours-out-exists", ("neighbours", "{tmp}/run0", "{tmp}/run1", "--out", "{tmp}/n.png"),
+         ("exists and is not empty", "--force"), galleries("cub", "cub", out_file=True)),
+    Case("neighbours-not-a-run", ("neighbours", "{tmp}/lb_in", "--out", "{tmp}/n.png"),
+         ("no record.json", "run directory"), leaderboard_input),
+    Case("score-neighbours-given-embeddings", ("score", "--neighbours", "{tmp}/emb.npz"),
+         ("no array(s) 'indices'", "without --neighbours"), npz("emb.npz", np.repeat(np.arange(3), 4))),
+    Case("score-two-files", ("score", "{tmp}/emb.npz", "--neighbours", "{tmp}/emb.npz"),
+         ("one file", "--neighbours FILE"), npz("emb.npz", np.repeat(np.arange(3), 4))),
     # -- bad inputs that already had clear answers: they must keep them
     Case("unknown-method", run_args("method=proxyanchor"), ("unknown method 'proxyanchor'", "proxy_anchor")),
     Case("unknown-dataset", run_args("dataset=cubb"), ("unknown dataset 'cubb'", "did you mean 'cub'")),

@@ -343,10 +343,35 @@ def _freeze(model: Any) -> None:
     model.eval()
 
 
-def load_supervisor(name: str) -> Supervisor:
-    """The frozen language model of the MLLM ``name`` (cached: loaded once per process and shared)."""
+#: The oldest transformers whose API this module and SAGA use (``activation_checkpointing_enable``,
+#: ``is_activation_checkpointing``, ``StaticCache`` layers filled by ``update``, ``mm_encoder_outputs``); pyproject's bound.
+MIN_TRANSFORMERS = "5.23"
+
+
+def require_transformers() -> None:
+    """Refuse, in one line with the fix, a transformers older than :data:`MIN_TRANSFORMERS` (checked at first use:
+    its API is missing there, and the first SAGA step would fail with an AttributeError)."""
+    import transformers
+    from packaging.version import Version
+    from transformers import PreTrainedModel
+
+    missing = [
+        a for a in ("activation_checkpointing_enable", "is_activation_checkpointing") if not hasattr(PreTrainedModel, a)
+    ]
+    if Version(transformers.__version__) < Version(MIN_TRANSFORMERS) or missing:
+        raise ImportError(
+            f"The MLLM backbones and SAGA need transformers>={MIN_TRANSFORMERS}; this environment has "
+            f"{transformers.__version__}{' (no ' + ', '.join(missing) + ')' if missing else ''}. Run: "
+            f"pip install -U 'transformers>={MIN_TRANSFORMERS}'"
+        )
+
+
+def load_supervisor(name: str, device: torch.device | str | None = None) -> Supervisor:
+    """The frozen language model of the MLLM ``name`` (cached: loaded once per process and shared). A checkpoint is
+    read straight onto ``device`` (bf16 on a GPU, never staged in host memory first)."""
     if name in _SUPERVISORS:
         return _SUPERVISORS[name]
+    require_transformers()
     if name in TINY_FAMILIES:
         family = TINY_FAMILIES[name]
         model, tokenizer, size = build_tiny_model(name, seed=1), build_tiny_tokenizer(family), {}
@@ -355,18 +380,24 @@ def load_supervisor(name: str) -> Supervisor:
 
         path = resolve_checkpoint_dir(name)
         family = family_of(AutoConfig.from_pretrained(path), name)
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        # use_safetensors: weights are read as tensors only, never unpickled (as the vision tower's, above).
+        target = torch.device(device) if device is not None else None
+        on_gpu = target.type == "cuda" if target is not None else torch.cuda.is_available()
+        dtype = torch.bfloat16 if on_gpu else torch.float32
+        # use_safetensors: weights are read as tensors only, never unpickled (as the vision tower's, above);
+        # device_map: each tensor goes from the file to the device (one device: no accelerate dispatch).
+        load: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
+        if target is not None and target.type != "cpu":  # (on a CPU the weights are read into memory anyway)
+            load["device_map"] = {"": str(target)}
         if family == "qwen3_vl":
             from transformers import Qwen3VLForConditionalGeneration
 
-            model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=dtype, use_safetensors=True)
+            model = Qwen3VLForConditionalGeneration.from_pretrained(path, **load)
             model.model.visual = nn.Identity()  # the encoder's own tower replaces it (tokens are passed in)
             kwargs: dict[str, Any] = {"size": dict(PROCESSOR_SIZE)}
         else:
             from transformers import InternVLForConditionalGeneration
 
-            model = InternVLForConditionalGeneration.from_pretrained(path, dtype=dtype, use_safetensors=True)
+            model = InternVLForConditionalGeneration.from_pretrained(path, **load)
             model.model.vision_tower, model.model.multi_modal_projector = nn.Identity(), nn.Identity()
             kwargs = {}
         try:

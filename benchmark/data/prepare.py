@@ -9,6 +9,7 @@ exactly what to fetch, from where, and where to put it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tarfile
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from benchmark.data._common import LayoutNotFoundError
 from benchmark.data.base import DatasetError, DatasetSplits, check_counts, get_reader, load_card
+from benchmark.engine.records import follow_umask
 
 #: ``downloader(url, destination)`` writes the file at ``url`` to ``destination``
 Downloader = Callable[[str, Path], None]
@@ -34,6 +36,7 @@ def download_url(url: str, destination: Path, timeout: float = 60.0) -> None:
     destination.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
     try:
+        follow_umask(handle)  # the archive is the user's file: the mode their umask gives, not mkstemp's 0600
         with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=destination.name, disable=None) as progress:
@@ -143,6 +146,38 @@ def decode_all(paths: list[str], workers: int | None = None) -> list[str]:
         return [error for error in pool.map(_decode_error, paths, chunksize=64) if error]
 
 
+def _check_root(root: Path, download: bool) -> None:
+    """Refuse a ``dataset.root`` that cannot hold a copy, before anything is created: a symlink loop or dangling
+    link, a file, and (with ``--no-download``, which only checks) a directory that does not exist."""
+    if os.path.lexists(root) and not root.exists():
+        try:
+            os.stat(root)
+            why = "cannot be followed"
+        except OSError as err:
+            why = "is a symlink loop" if err.errno == errno.ELOOP else f"is a link to nothing ({err.strerror})"
+        raise DatasetError(f"dataset.root={root} {why}: give the directory that holds (or will hold) the dataset.")
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"dataset.root={root} is a file, not a directory: give the directory of the dataset.")
+    if not root.exists() and not download:
+        raise DatasetError(
+            f"dataset.root={root} does not exist; --no-download only checks a copy that is already there (nothing "
+            "is created). Give the directory that holds the dataset, or leave out --no-download to fetch it."
+        )
+    if not root.exists():
+        _check_writable(root)
+
+
+def _check_writable(root: Path) -> None:
+    from benchmark.engine.checks import unwritable_reason
+
+    reason = unwritable_reason(root)
+    if reason:
+        raise DatasetError(
+            f"dataset.root={root}: {reason}, and prepare writes the downloaded archives there. Fetch into a writable "
+            "directory, or put the files there yourself and check them with --no-download."
+        )
+
+
 def prepare_dataset(
     name: str,
     root: str,
@@ -174,15 +209,24 @@ def prepare_dataset(
         "decoded": 0,
     }
     if card.get("needs_root", True):
-        root_path.mkdir(parents=True, exist_ok=True)
+        _check_root(root_path, download)
+        if download:
+            root_path.mkdir(parents=True, exist_ok=True)  # writable: checked above
         try:
             splits = _load(card, root_path, strict)
         except LayoutNotFoundError as first:
             # Only a copy that is not there at all is fetched; a present copy with problems is reported as it is.
             try:
+                if download:
+                    _check_writable(root_path)
                 _fetch(card, root_path, download, downloader or download_url, report)
             except DatasetError as error:
                 raise DatasetError(f"{error}\n(Loading the copy first said: {first})") from error
+            except OSError as error:  # extracting into a directory that filled up or turned read-only
+                raise DatasetError(
+                    f"Could not write into dataset.root={root_path} ({error.strerror or error}): free space or "
+                    "choose a writable directory, then run the prepare command again."
+                ) from error
             splits = _load(card, root_path, strict)
     else:
         splits = get_reader(card["reader"])(card=card, root=None, strict=strict)

@@ -170,6 +170,23 @@ def check_timm_name(name: str) -> None:
     raise UnknownNameError(suggest(name, timm.list_models(), "timm backbone", TIMM_LISTING))
 
 
+def enable_activation_checkpointing(module: nn.Module, name: str) -> None:
+    """Each block's activations recomputed in backward instead of stored (``backbone.activation_checkpointing``): the
+    library's own switch, Hugging Face's ``activation_checkpointing_enable`` (an MLLM's vision tower) or timm's
+    ``set_grad_checkpointing``; a backbone with neither is refused."""
+    for sub in module.modules():
+        if hasattr(sub, "activation_checkpointing_enable") and getattr(sub, "supports_gradient_checkpointing", False):
+            sub.activation_checkpointing_enable({"use_reentrant": False})
+            return
+        if hasattr(sub, "set_grad_checkpointing"):
+            sub.set_grad_checkpointing(True)
+            return
+    raise ValueError(
+        f"backbone.activation_checkpointing=true: '{name}' has no activation checkpointing (Hugging Face models "
+        "and timm models have one); set backbone.activation_checkpointing=false."
+    )
+
+
 class Encoder(nn.Module):
     """Backbone -> pooling -> optional linear head -> L2 normalisation.
 
@@ -191,6 +208,8 @@ class Encoder(nn.Module):
                 "has none. Use backbone.pooling=mean."
             )
         self.backbone = built.module
+        if cfg.get("activation_checkpointing"):
+            enable_activation_checkpointing(self.backbone, str(cfg.name))
         self.info = built
         self.pooling = cfg.pooling
         self.gem_p = float(cfg.get("gem_p", 3.0))

@@ -40,12 +40,33 @@ METRIC_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_preci
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def umask() -> int:
+    """This process's file-creation mask (``/proc/self/status`` where it says, else set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(fd: int) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (always mode 0600) the mode a plain ``open`` would: 0666 less the
+    umask, so a run's files are readable by the group where the user's umask says so (a shared cluster)."""
+    os.fchmod(fd, 0o666 & ~umask())
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory, fsync and ``os.replace``."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory, fsync and ``os.replace``; the file
+    gets the mode the umask gives (:func:`follow_umask`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        follow_umask(fd)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             handle.flush()

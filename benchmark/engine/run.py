@@ -53,11 +53,13 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
 
 
 def _run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
+    from benchmark.engine.preflight import preflight
     from benchmark.engine.trainer import CheckpointError, Trainer, TrainingError, archive_finished_run
 
     started = time.time()
     # The run directory depends on card defaults resolved inside the Trainer, so look it up after building it.
     trainer = Trainer(cfg)
+    preflight(trainer)  # a run directory in the way, or a split that cannot give a result: refused before training
     existing = records.read_record(trainer.run_dir)
     other = _other_config(trainer.run_dir, cfg, existing)
     if other:

@@ -10,8 +10,6 @@ signal; see :mod:`benchmark.engine.control`); ``record.json`` is rewritten atomi
 from __future__ import annotations
 
 import math
-import os
-import random
 import shutil
 import time
 import warnings
@@ -25,6 +23,7 @@ from omegaconf import DictConfig
 from benchmark.config import config_hash
 from benchmark.data.base import DatasetSplits, carve_validation, load_dataset
 from benchmark.engine import checkpoints, distributed
+from benchmark.engine.backprop import Backprop
 from benchmark.engine.checkpoints import CheckpointError
 from benchmark.engine.control import (  # noqa: F401 (re-exported: the sweeps and tests import them from here)
     _STOP,
@@ -35,8 +34,10 @@ from benchmark.engine.control import (  # noqa: F401 (re-exported: the sweeps an
     request_stop,
     stop_on_signals,
 )
+from benchmark.engine.describe import describe_run, epoch_line, progress_bar
+from benchmark.engine.embedding import embed_split, score_embeddings
 from benchmark.engine.encoder import Encoder, preflight_backbone
-from benchmark.engine.optim import create_optimizer, method_optimizer_groups
+from benchmark.engine.optim import create_optimizer, create_scheduler, engine_optimizer_groups
 from benchmark.engine.pipeline import (
     ImageDataset,
     ListBatchSampler,
@@ -45,65 +46,16 @@ from benchmark.engine.pipeline import (
     unwrap_worker_errors,
 )
 from benchmark.engine.record_writer import RecordWriter
+from benchmark.engine.setup import (  # noqa: F401 (re-exported: the sweeps import them from here)
+    FALLBACKS,
+    resolve_card_defaults,
+    resolve_device,
+    run_directory,
+    seed_everything,
+)
+from benchmark.evaluation.run_outputs import write_run_outputs
 from benchmark.method import Method, TaskInfo
 from benchmark.registry import get_method
-
-
-def seed_everything(seed: int, deterministic_cuda: bool = True, device: torch.device | None = None) -> None:
-    """Seed every RNG. On CUDA, also ask for deterministic kernels (``train.deterministic``); CPU kernels are
-    deterministic already, and PyTorch's deterministic mode only slows them down (about 30% for CNNs here)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    on_cuda = device is not None and device.type == "cuda"
-    torch.use_deterministic_algorithms(bool(deterministic_cuda and on_cuda), warn_only=True)
-    if on_cuda and deterministic_cuda:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-#: Values used when neither the command line nor the dataset card sets a field left at None.
-FALLBACKS = {
-    "data.image_size": 224,
-    "backbone.name": "resnet50",
-    "backbone.pretrained": True,
-    "backbone.freeze_bn": True,
-    "train.lr": 1e-4,
-    "train.epochs": 60,
-}
-
-
-def resolve_card_defaults(cfg: DictConfig, card: dict[str, Any]) -> None:
-    """Fill the config fields left at None from the dataset card's ``defaults`` (then :data:`FALLBACKS`).
-
-    A card's ``defaults`` may hold ``image_size`` and ``backbone``/``train``/``data`` sections, e.g. the embedded
-    datasets train a small CNN from scratch at a higher learning rate than the paper protocols' pretrained ones.
-    """
-    defaults = card.get("defaults") or {}
-    sections = {
-        "data": {"image_size": defaults.get("image_size"), **(defaults.get("data") or {})},
-        "backbone": defaults.get("backbone") or {},
-        "train": defaults.get("train") or {},
-    }
-    for section, values in sections.items():
-        for key, value in values.items():
-            if key in cfg[section] and cfg[section][key] is None and value is not None:
-                cfg[section][key] = value
-    for dotted, value in FALLBACKS.items():
-        section, key = dotted.split(".")
-        if cfg[section][key] is None:
-            cfg[section][key] = value
-
-
-def run_directory(cfg: DictConfig) -> Path:
-    name = cfg.run_name or f"{config_hash(cfg)}-s{cfg.seed}"
-    return Path(cfg.out_dir) / cfg.dataset.name / cfg.method.name / name
 
 
 class Trainer:
@@ -128,18 +80,12 @@ class Trainer:
             self.train_split, self.val_split = self.splits.train, None
         train_classes = self.train_split.classes
         self.label_map = {int(c): i for i, c in enumerate(train_classes)}
-        seed_everything(cfg.seed, cfg.train.deterministic, self.device)
+        self.deterministic = bool(cfg.train.deterministic and self.method_cls.cuda_deterministic)  # on CUDA (README)
+        seed_everything(cfg.seed, self.deterministic, self.device)
         self.encoder = Encoder(cfg.backbone).to(self.device)
         info = self.encoder.info
-        self.transforms = build_transforms(
-            cfg.data.transform,
-            cfg.data.image_size,
-            info.mean,
-            info.std,
-            info.interpolation,
-            cfg.data.resize_ratio,
-            cfg.dataset.name,
-        )
+        self.transforms = build_transforms(cfg.data.transform, cfg.data.image_size, info.mean, info.std,
+                                           info.interpolation, cfg.data.resize_ratio, cfg.dataset.name)  # fmt: skip
         task = TaskInfo(
             num_classes=len(train_classes),
             embedding_dim=self.encoder.embedding_dim,
@@ -153,6 +99,9 @@ class Trainer:
         self._backbone_params = self.encoder.backbone_parameters()  # trainable ones (frozen BN excluded)
         if hasattr(self.method, "next_batch"):  # methods that draw extra micro-batches within a step
             self.method.next_batch = self.next_batch
+        ddp = self.step_module if isinstance(self.step_module, torch.nn.parallel.DistributedDataParallel) else None
+        self.backprop = Backprop(cfg.train.grad_accum, self._nonfinite_loss, ddp)
+        self.method.backprop = self.backprop  # the method's backward_part(): the same checks, scale and DDP handling
         self.train_set = ImageDataset(self.train_split, self.transforms.train, self.label_map)
         self.steps_per_epoch = cfg.train.steps_per_epoch or max(1, len(self.train_split) // cfg.train.batch_size)
         self.history: list[dict[str, Any]] = []
@@ -171,37 +120,14 @@ class Trainer:
     # ----------------------------------------------------------------- optimisation
     def _build_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg.train
-        groups = [{"name": "backbone", "params": self._backbone_params, "lr_mult": 1.0}]
-        if self.encoder.head_parameters():
-            groups.append({"name": "embedding_head", "params": self.encoder.head_parameters(), "lr_mult": 1.0})
-        method_groups, self.param_group_info = method_optimizer_groups(self.method.param_groups(), cfg.lr)
-        groups += method_groups
-        owned = {id(p) for g in groups for p in g["params"]}
-        missed = [n for n, p in self.method.named_parameters() if p.requires_grad and id(p) not in owned]
-        if missed:
-            raise TrainingError(
-                f"Method '{self.cfg.method.name}' has trainable parameters outside its "
-                f"param_groups(): {missed[:5]}. Return them from param_groups()."
-            )
-        for g in groups:
-            g.setdefault("lr", cfg.lr * g["lr_mult"])
+        groups, self.param_group_info = engine_optimizer_groups(self.encoder, self.method, cfg.lr)
         self._optimised_params = [p for g in groups for p in g["params"]]
         return create_optimizer(groups, cfg.lr, cfg.weight_decay)
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
-        # Linear warm-up then cosine decay to min_lr_ratio, per optimiser step (hand-written: torch's
-        # CosineAnnealingLR takes an absolute floor, which would not respect per-group multipliers).
         cfg = self.cfg.train
-        total = max(1, cfg.epochs * self.steps_per_epoch // cfg.grad_accum)
-        warmup = int(cfg.warmup_epochs * self.steps_per_epoch // cfg.grad_accum)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        return create_scheduler(self.optimizer, cfg.epochs * self.steps_per_epoch // cfg.grad_accum,
+                                int(cfg.warmup_epochs * self.steps_per_epoch // cfg.grad_accum), cfg.min_lr_ratio)  # fmt: skip
 
     # ----------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
@@ -303,74 +229,59 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def embed(self, split) -> tuple[np.ndarray, np.ndarray]:
-        dataset = ImageDataset(split, self.transforms.test)
-        shard = distributed.shard_indices(len(dataset), self.dist)  # each rank embeds its share
-        if self.dist.enabled:
-            dataset = torch.utils.data.Subset(dataset, shard.tolist())
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.cfg.eval.batch_size,
-            shuffle=False,
-            num_workers=self.cfg.data.num_workers,
-            worker_init_fn=ignore_stop_signals_in_worker,
-        )
-        self.encoder.eval()
-        self.method.eval()
-        chunks, labels = [], []
-        for images, y in unwrap_worker_errors(loader):
-            if _STOP["requested"] and self._final_eval and not self.dist.enabled:  # last.pt holds the training
-                raise self._stop("evaluation (the training is saved; the evaluation runs again on resume)")
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                z = self.method.embed(images.to(self.device, non_blocking=True), self.encoder)
-            chunks.append(z.float().cpu().numpy())
-            labels.append(y.numpy())
-        n = len(split)
-        return (
-            distributed.gather_in_order(np.concatenate(chunks), shard, n, self.dist),
-            distributed.gather_in_order(np.concatenate(labels), shard, n, self.dist),
-        )
+        """The method's embeddings of ``split`` (every rank embeds its share) and their labels, in split order."""
+        return embed_split(split, self.transforms.test, self.encoder, self.method, self.device, self.dist, self.autocast,
+                           self.cfg, self._stop_in_evaluation)  # fmt: skip
+
+    def _stop_in_evaluation(self) -> None:
+        if _STOP["requested"] and self._final_eval and not self.dist.enabled:  # last.pt holds the training
+            raise self._stop("evaluation (the training is saved; the evaluation runs again on resume)")
 
     def evaluate(self, split) -> dict[str, float]:
-        return self._score(*self.embed(split))
+        return score_embeddings(*self.embed(split), self.cfg.eval)
 
     def _score(self, embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        from benchmark.evaluation.metrics import evaluate_embeddings
-
-        e = self.cfg.eval
-        return evaluate_embeddings(
-            embeddings,
-            labels,
-            ks=tuple(e.ks),
-            kmeans_seed=e.kmeans_seed,
-            kmeans_restarts=e.kmeans_restarts,
-            backend=e.backend,
-        )
+        return score_embeddings(embeddings, labels, self.cfg.eval)
 
     # ----------------------------------------------------------------- training
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-        """Forward, backward and (every ``grad_accum`` micro-batches) one optimiser and schedule step."""
-        cfg = self.cfg.train
+        """One micro-batch: the method's step under autocast, its loss back-propagated (whole here, or in parts by the
+        method as it goes: ``Method.backward_part``), and every ``grad_accum`` micro-batches one optimiser step."""
+        cfg, bp = self.cfg.train, self.backprop
         images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         self._refills = 0
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.step_module(images, labels)  # method.training_step(images, labels, encoder), DDP-wrapped
-        loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"Loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}. Stopped: "
-                f"{self.kept_checkpoint()}. Lower train.lr or set train.grad_clip."
-            )
-        (loss / cfg.grad_accum).backward()
+        boundary = (self.step_in_epoch + 1) % cfg.grad_accum == 0 or self.step_in_epoch + 1 == self.steps_per_epoch
+        in_parts = self.method_cls.backward_in_parts
+        bp.begin_step()
+        with bp.context(in_parts, boundary):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                out = self.step_module(images, labels)  # method.training_step(images, labels, encoder), DDP-wrapped
+            loss = out["loss"]
+            if bp.parts and loss.requires_grad:
+                raise TrainingError(
+                    f"Method '{self.cfg.method.name}' back-propagated {bp.parts} part(s) of its loss and also returned "
+                    "a loss with a graph: return the total detached once its parts are back-propagated."
+                )
+            if not bp.parts:
+                bp(loss)
+            elif not torch.isfinite(loss):
+                self._nonfinite_loss(float(loss))
         self.step_in_epoch += 1
-        if self.step_in_epoch % cfg.grad_accum == 0 or self.step_in_epoch == self.steps_per_epoch:
+        if boundary:
+            bp.sync(self._optimised_params)  # only where the parts ran under no_sync
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self._optimised_params, cfg.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
         return out
+
+    def _nonfinite_loss(self, value: float) -> None:
+        raise TrainingError(
+            f"Loss is {value} at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}. Stopped: "
+            f"{self.kept_checkpoint()}. Lower train.lr or set train.grad_clip."
+        )
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One more class-balanced micro-batch for methods that draw extra ones within a step (SAGA's DAPO refill).
@@ -407,7 +318,7 @@ class Trainer:
             self.epoch_sums = {}
         sums = self.epoch_sums
         count, images_seen, t0 = sums.pop("_count", 0), 0, time.time()
-        progress = _progress(len(loader), f"epoch {self.epoch + 1}/{cfg.epochs}", cfg.progress)
+        progress = progress_bar(len(loader), f"epoch {self.epoch + 1}/{cfg.epochs}", cfg.progress)
         for images, labels in unwrap_worker_errors(loader):
             out = self.train_step(images, labels)
             loss = out["loss"]
@@ -495,7 +406,7 @@ class Trainer:
             recorder.append_history(self.history)
             self.save_checkpoint()
             self._write(recorder, status="running", train_s=train_time)
-            print(_epoch_line(entry), flush=True)
+            print(epoch_line(entry), flush=True)
             if distributed.any_rank(_STOP["requested"], self.dist, self.device):
                 raise self._stop(f"the end of epoch {self.epoch}")
         return self._finish(recorder, train_time)
@@ -514,6 +425,8 @@ class Trainer:
         val_metrics = self.evaluate(self.val_split) if self.val_split is not None else None
         test_embeddings, test_labels = self.embed(self.splits.test)
         test_metrics = self._score(test_embeddings, test_labels)
+        if self.dist.is_main:  # gallery/ and (eval.save_neighbours) neighbours.npz beside the record
+            write_run_outputs(self.run_dir, self.cfg, self.splits, test_embeddings, test_labels)
         probe = self._attribute_probe(test_embeddings, test_labels)
         return self._write(
             recorder,
@@ -531,72 +444,16 @@ class Trainer:
 
     def describe(self) -> dict[str, Any]:
         """The record's fixed sections: backbone, data (transforms, normalisation), split sizes, method."""
-        cfg, enc, desc = self.cfg, self.encoder, self.transforms.description
-        splits = {"train": _count(self.train_split), "test": _count(self.splits.test)}
-        if self.val_split is not None:
-            splits["val"] = _count(self.val_split)
-        return {
-            "backbone": {
-                "name": cfg.backbone.name,
-                "kind": cfg.backbone.kind,
-                "pretrained": bool(cfg.backbone.pretrained),
-                "source": enc.info.source,
-                "pooling": cfg.backbone.pooling,
-                "embedding_dim": enc.embedding_dim,
-                "feature_dim": enc.feature_dim,
-                "freeze_bn": bool(cfg.backbone.freeze_bn),
-            },
-            "data": {
-                "image_size": int(cfg.data.image_size),
-                "train_transform": desc["train"],
-                "test_transform": desc["test"],
-                "transform": cfg.data.transform,
-                "normalization": {"mean": desc["mean"], "std": desc["std"]},
-                "interpolation": desc["interpolation"],
-            },
-            "splits": splits,
-            "method_info": {
-                "paper": self.method_cls.paper,
-                "year": self.method_cls.year,
-                "url": self.method_cls.url,
-                "param_groups": self.param_group_info,
-            },
-        }
+        return describe_run(self.cfg, self.encoder, self.transforms, self.train_split, self.splits.test,
+                            self.val_split, self.method_cls, self.param_group_info)  # fmt: skip
 
     def _attribute_probe(self, embeddings: np.ndarray, labels: np.ndarray) -> dict[str, Any] | None:
         """Linear probes of the dataset's class attributes on the test embeddings (None: off, or no attributes)."""
-        attributes = self.splits.class_attributes
-        if not (self.cfg.eval.attribute_probe and attributes and self.dist.is_main):
+        if not (self.cfg.eval.attribute_probe and self.splits.class_attributes and self.dist.is_main):
             return None
-        from benchmark.evaluation.attribute_probe import ProbeError, class_attributes_by_id, probe_attributes
+        from benchmark.evaluation.attribute_probe import probe_run_embeddings
 
-        try:  # folds are drawn with seed 0 for every run, so methods and seeds are probed on the same folds
-            return probe_attributes(embeddings, labels, class_attributes_by_id(self.splits.class_names, attributes))
-        except ProbeError as err:  # e.g. a miniature test split: the trained run is kept, the record says why
-            warnings.warn(f"Attribute probe skipped: {err}", stacklevel=2)
-            return {"error": str(err)}
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, disable=None if enabled else True, dynamic_ncols=True)
-
-
-def _epoch_line(entry: dict[str, Any]) -> str:
-    parts = [
-        f"epoch {entry['epoch']}",
-        f"loss {entry.get('loss', float('nan')):.4f}",
-        f"{entry.get('images_per_s', 0):.0f} img/s",
-    ]
-    for split in ("val", "test"):
-        if split in entry:
-            parts.append(f"{split} R@1 {100 * entry[split]['recall@1']:.2f}")
-    return " | ".join(parts)
-
-
-def _count(split) -> dict[str, int]:
-    return {"classes": int(len(split.classes)), "images": int(len(split))}
+        return probe_run_embeddings(embeddings, labels, self.splits)
 
 
 def archive_finished_run(run_dir: Path) -> Path:

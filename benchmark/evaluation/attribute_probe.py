@@ -195,3 +195,14 @@ def format_probe(result: Mapping[str, Any]) -> str:
         f"attribute probe (linear, class-disjoint): mean {100 * result['mean_accuracy']:.1f} "
         f"(chance {100 * result['mean_chance']:.1f}{reference}) | {per}"
     )
+
+
+def probe_run_embeddings(embeddings: np.ndarray, labels: np.ndarray, splits: Any) -> dict[str, Any]:
+    """A finished run's probes on its test embeddings, or ``{"error": why}`` where they cannot be fitted (e.g. a
+    miniature test split: the trained run is kept and its record says why). Folds are drawn with seed 0 for every
+    run, so methods and seeds are probed on the same folds."""
+    try:
+        return probe_attributes(embeddings, labels, class_attributes_by_id(splits.class_names, splits.class_attributes))
+    except ProbeError as err:
+        warnings.warn(f"Attribute probe skipped: {err}", stacklevel=2)
+        return {"error": str(err)}

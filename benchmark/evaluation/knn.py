@@ -208,3 +208,17 @@ def _exact_rows(sim: np.ndarray, qids: np.ndarray, k_needed: int) -> np.ndarray:
     order = np.argsort(-sim, axis=1, kind="stable")
     keep = order != qids[:, None]
     return order[keep].reshape(len(qids), sim.shape[1] - 1)[:, :k_needed]
+
+
+def exact_neighbours(x: np.ndarray, qids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest neighbours of a few queries ``qids`` (rows of the L2-normalised ``x``) and their scores.
+
+    Computed from the queries' full similarity rows, scored pair by pair and stably sorted (step 4 above): the same
+    neighbours, in the same order, as :func:`iter_neighbours` gives the evaluator. For a handful of queries (the
+    gallery of :mod:`benchmark.evaluation.gallery`), so the cost is ``len(qids)`` similarity rows.
+    """
+    qids = np.asarray(qids, dtype=np.int64)
+    k = int(min(k, len(x) - 1))
+    sim = _full_rows(x, qids)
+    idx = _exact_rows(sim, qids, k)
+    return idx, np.take_along_axis(sim, idx, axis=1)

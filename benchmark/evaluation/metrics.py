@@ -15,13 +15,21 @@ Methods change what is embedded, never how it is scored: every method's embeddin
 - **NMI**: faiss k-means with k = number of distinct labels (fixed seed, restarts and iterations, all points, no
   subsampling) on the normalised embeddings, then scikit-learn's ``normalized_mutual_info_score`` (arithmetic
   mean) between labels and cluster assignments.
+- **Degenerate input**: an all-zero embedding has no direction, so its cosine similarity to every other sample is
+  undefined and only the tie rule (the sample order) would rank its neighbours (all-zero embeddings of sorted labels
+  would score Recall@8 1.0): such rows are refused (:class:`DegenerateEmbeddingsError`), naming how many and which.
+  ``score`` also refuses embeddings that all point the same way (a collapsed model: every neighbour ties). Scale
+  never matters (cosine): rows whose largest value lies outside [2^-50, 2^50] are divided by it before the float32
+  conversion, so float64 values near 1e300 (or 1e-300) score as what they show instead of overflowing to inf (or
+  underflowing to zero vectors). Labels must give some query a neighbour of its class (:func:`labels_problem`):
+  ``score`` and ``run`` (before training) refuse a split where every class has one sample.
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +46,15 @@ TIE_RULE = "decreasing cosine similarity (float32), ties broken by ascending sam
 
 class ScoreInputError(ValueError):
     """An embeddings file that cannot be scored; the message says what was expected."""
+
+
+class DegenerateEmbeddingsError(ScoreInputError):
+    """Embeddings whose metrics would be decided by the tie rule alone (all-zero rows, or all one direction)."""
+
+
+#: Rows whose largest absolute value lies outside [2**-50, 2**50] are rescaled by it before the float32 conversion:
+#: their squared norm would otherwise overflow (or underflow) float32 (cosine similarity does not depend on scale).
+SAFE_SCALE = (2.0**-50, 2.0**50)
 
 
 def evaluation_settings(
@@ -86,6 +103,7 @@ def evaluate_embeddings(
     query_chunk: int = 4096,
     device: str | torch.device | None = None,
     backend: str = "auto",
+    keep: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Score ``embeddings`` (``N×D``) against ``labels`` (``N`` ints); see the module docstring for definitions.
 
@@ -93,7 +111,9 @@ def evaluate_embeddings(
     ``compute_nmi``) ``nmi``. ``map@r`` and ``r_precision`` are NaN when no label has two samples. kNN is exact
     (faiss ``IndexFlatIP``, on the GPU when faiss sees one and ``device`` allows, or a chunked torch search with
     ``backend="torch"``; both give the same numbers) and runs over chunks of ``query_chunk`` queries so memory stays
-    bounded.
+    bounded. ``keep``: a dict that receives every query's ranked neighbour indices (``"indices"``, ``N×k``: k =
+    the deepest rank a metric reads, ``max(ks)`` or the largest class size − 1) and the k-means cluster ids
+    (``"kmeans_assignments"``), for :mod:`benchmark.evaluation.neighbours`.
     """
     x, codes = _check_arrays(embeddings, labels)
     ks = _check_ks(ks)
@@ -104,6 +124,15 @@ def evaluate_embeddings(
         raise ValueError(f"kmeans_restarts must be at least 1, got {kmeans_restarts}")
     device = _knn.resolve_device(backend, device)
     x = _knn.l2_normalise(x)
+    zero = ~x.any(axis=1)
+    if zero.any():
+        rows = np.flatnonzero(zero)
+        raise DegenerateEmbeddingsError(
+            f"{len(rows)} of {len(x)} embeddings are all-zero vectors (first rows: {rows[:5].tolist()}): a zero "
+            "vector has no direction, so its cosine similarity to every other sample is undefined and only the sample "
+            "order would rank its neighbours. A model that outputs zeros has collapsed (check its loss and "
+            "learning rate); embeddings must be non-zero in every row"
+        )
     n = len(x)
 
     counts = np.bincount(codes)
@@ -111,13 +140,47 @@ def evaluate_embeddings(
     k_needed = int(min(max(max(ks), r.max()), n - 1))
     depth = np.minimum(np.maximum(max(ks), r), k_needed)
     plan = _knn.make_plan(n, k_needed, backend, device, int(query_chunk))
+    chunks = _knn.iter_neighbours(x, depth, plan)
+    if keep is not None:  # the caller keeps every query's neighbours (eval.save_neighbours)
+        chunks = _kept(chunks, keep, n, k_needed)
+    out = rank_metrics(chunks, codes, ks, k_needed)
+    if compute_nmi:
+        assignments = kmeans_assignments(x, int(counts.size), seed=kmeans_seed, restarts=kmeans_restarts, device=device)
+        from sklearn.metrics import normalized_mutual_info_score
 
+        out["nmi"] = float(normalized_mutual_info_score(codes, assignments, average_method="arithmetic"))
+        if keep is not None:
+            keep["kmeans_assignments"] = assignments
+    return out
+
+
+def _kept(
+    chunks: Iterator[tuple[int, int, np.ndarray]], keep: dict[str, Any], n: int, k: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Pass the chunks on, copying each query's neighbour indices into ``keep["indices"]`` (``N×k``)."""
+    keep["indices"] = np.empty((n, k), dtype=np.int64)
+    for start, stop, idx in chunks:
+        keep["indices"][start:stop] = idx
+        yield start, stop, idx
+
+
+def rank_metrics(
+    chunks: Iterable[tuple[int, int, np.ndarray]], codes: np.ndarray, ks: Sequence[int], k_needed: int
+) -> dict[str, float]:
+    """Recall@K, MAP@R and R-Precision from each query's ranked neighbours.
+
+    ``chunks`` yields ``(start, stop, idx)``: ``idx[i]`` are query ``start + i``'s neighbours (``k_needed`` columns,
+    the query itself removed, exact up to depth ``max(max(ks), R)``); ``codes`` are label codes ``0..C-1``. Used by
+    :func:`evaluate_embeddings` and to re-score a saved neighbour table, so both give the same numbers.
+    """
+    n = len(codes)
+    r = np.bincount(codes)[codes] - 1  # other samples with the query's label
     hits = np.zeros(len(ks), dtype=np.int64)
     # Per-query values, summed once at the end so the result does not depend on the chunking.
     ap = np.zeros(n, dtype=np.float64)
     rp = np.zeros(n, dtype=np.float64)
     positions = np.arange(1, k_needed + 1)
-    for start, stop, idx in _knn.iter_neighbours(x, depth, plan):
+    for start, stop, idx in chunks:
         match = codes[idx] == codes[start:stop, None]  # chunk × k_needed
         # Recall@K: the first correct rank (never, when there is none).
         first = np.where(match.any(axis=1), match.argmax(axis=1), np.iinfo(np.int64).max)
@@ -134,11 +197,6 @@ def evaluate_embeddings(
     out = {f"recall@{k}": float(h) / n for k, h in zip(ks, hits, strict=True)}
     out["map@r"] = float(ap[valid].mean()) if valid.any() else float("nan")
     out["r_precision"] = float(rp[valid].mean()) if valid.any() else float("nan")
-    if compute_nmi:
-        assignments = kmeans_assignments(x, int(counts.size), seed=kmeans_seed, restarts=kmeans_restarts, device=device)
-        from sklearn.metrics import normalized_mutual_info_score
-
-        out["nmi"] = float(normalized_mutual_info_score(codes, assignments, average_method="arithmetic"))
     return out
 
 
@@ -172,6 +230,10 @@ def load_score_input(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     )
     path = os.fspath(path)
     if not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise ScoreInputError(f"{path}: is a directory, not a file; {expected}.")
+        if os.path.exists(path):  # a FIFO, socket or device: reading it could block or never end
+            raise ScoreInputError(f"{path}: is not a regular file (a pipe, socket or device); {expected}.")
         raise ScoreInputError(f"{path}: no such file; {expected}.")
     try:
         archive = np.load(path, allow_pickle=False)
@@ -193,27 +255,45 @@ def load_score_input(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         except (OSError, ValueError, zipfile.BadZipFile) as err:
             raise ScoreInputError(f"{path}: cannot read its arrays ({err}); {expected}.") from None
     try:
-        _, codes = _check_arrays(embeddings, labels)
+        x, codes = _check_arrays(embeddings, labels)
     except ValueError as err:
         raise ScoreInputError(f"{path}: {err}") from None
-    _check_scorable(path, codes)
+    _check_scorable(path, codes, x)
     return embeddings, labels
 
 
-def _check_scorable(path: str, codes: np.ndarray) -> None:
-    """Refuse labels whose metrics would be meaningless: one class (every metric 1.0) or no class with two samples
-    (Recall@K 0, MAP@R and R-Precision undefined)."""
-    counts = np.bincount(codes)
+def labels_problem(labels: np.ndarray) -> str | None:
+    """Why labels give meaningless metrics, or None: one class (every metric 1.0) or no class with two samples
+    (Recall@K 0, MAP@R and R-Precision undefined, NMI 1.0 by construction)."""
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
     if counts.size == 1:
-        raise ScoreInputError(
-            f"{path}: all {len(codes)} labels are the same class, so every neighbour matches and every metric would "
-            "be 1.0. Score the embeddings of 2 or more classes together (e.g. every test class)."
+        return (
+            f"all {int(counts.sum())} labels are the same class, so every neighbour matches and every metric would "
+            "be 1.0"
         )
     if counts.max() < 2:
-        raise ScoreInputError(
-            f"{path}: every one of the {len(codes)} labels is unique, so no query has another sample of its class: "
-            "Recall@K would be 0 and MAP@R / R-Precision are undefined. Labels are class ids (several samples per "
-            "class), not sample ids."
+        return (
+            f"every one of the {int(counts.sum())} labels is unique (each class has one sample), so no query has "
+            "another sample of its class: Recall@K would be 0 and MAP@R / R-Precision are undefined"
+        )
+    return None
+
+
+def _check_scorable(path: str, codes: np.ndarray, embeddings: np.ndarray) -> None:
+    """Refuse labels whose metrics would be meaningless, and embeddings that all point the same way."""
+    problem = labels_problem(codes)
+    if problem:
+        fix = (
+            "Score the embeddings of 2 or more classes together (e.g. every test class)"
+            if "same class" in problem
+            else "Labels are class ids (several samples per class), not sample ids"
+        )
+        raise ScoreInputError(f"{path}: {problem}. {fix}.")
+    x = _knn.l2_normalise(embeddings)
+    if x.any() and (x == x[0]).all():
+        raise DegenerateEmbeddingsError(
+            f"{path}: all {len(x)} embeddings point the same way (a collapsed model), so every neighbour ties and "
+            "only the sample order would decide the metrics. Score embeddings of a model that separates samples."
         )
 
 
@@ -253,7 +333,20 @@ def _check_arrays(embeddings: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]
             "all values must be finite"
         )
     _, codes = np.unique(labels, return_inverse=True)
-    return embeddings.astype(np.float32, copy=False), codes.reshape(-1).astype(np.int64)
+    return _to_float32(embeddings), codes.reshape(-1).astype(np.int64)
+
+
+def _to_float32(embeddings: np.ndarray) -> np.ndarray:
+    """float32 embeddings; rows of extreme scale (see :data:`SAFE_SCALE`) divided by their largest absolute value
+    first, in their own precision (other rows are converted unchanged, so ordinary input scores bit-identically)."""
+    if np.issubdtype(embeddings.dtype, np.integer):
+        embeddings = embeddings.astype(np.float64)
+    peak = np.abs(embeddings).max(axis=1)
+    extreme = (peak > 0) & ((peak < SAFE_SCALE[0]) | (peak > SAFE_SCALE[1]))
+    if extreme.any():
+        embeddings = embeddings.copy()
+        embeddings[extreme] /= peak[extreme, None]
+    return embeddings.astype(np.float32, copy=False)
 
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:

@@ -138,14 +138,38 @@ def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"partial record: missing {', '.join(missing)}"
     if selection["rule"] not in SELECTION_RULES:
         return None, f"corrupted: selection.rule {selection['rule']!r} is not one of {', '.join(SELECTION_RULES)}"
-    if isinstance(rec["seed"], bool) or not isinstance(rec["seed"], int):
-        return None, f"corrupted: seed {rec['seed']!r} is not an integer"
+    for key, value in (("seed", rec["seed"]), ("backbone.embedding_dim", backbone["embedding_dim"])):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+            low = 0 if key == "seed" else 1
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            return None, f"corrupted: {key} {shown} is not an integer in [{low}, 2**63)"
+    if backbone["embedding_dim"] < 1:
+        return None, f"corrupted: backbone.embedding_dim {backbone['embedding_dim']!r} is not a positive integer"
     row: dict[str, Any] = {}
     for m in METRICS:
         v = _number(test[m])
         if v is None or not 0.0 <= v <= 1.0:
             return None, f"corrupted: metrics.test.{m} = {test[m]!r} is not a number in [0, 1]"
         row[m] = v
+    try:
+        return _row(path, rec, row, backbone, selection, protocol), None
+    except (TypeError, ValueError, OverflowError) as err:  # a field of an unexpected type: skipped, never fatal
+        return None, f"corrupted: {type(err).__name__}: {err}"
+
+
+def _scalar(value: Any) -> Any:
+    """A descriptive field as a table cell: a string, a finite number that fits a 64-bit column, a bool, or None."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return json.dumps(value, default=str)[:200]  # a list or object where a scalar belongs: shown as text
+
+
+def _row(path: Path, rec: dict, row: dict, backbone: dict, selection: dict, protocol: dict) -> dict[str, Any]:
+    """The leaderboard row of a checked record."""
     data = rec.get("data") if isinstance(rec.get("data"), dict) else {}
     git = rec.get("git") if isinstance(rec.get("git"), dict) else {}
     timings = rec.get("timings") if isinstance(rec.get("timings"), dict) else {}
@@ -155,24 +179,38 @@ def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         dataset=str(rec["dataset"]),
         method=str(rec["method"]),
         backbone=str(backbone["name"]),
-        backbone_source=backbone.get("source"),
+        backbone_source=_scalar(backbone.get("source")),
         embedding_dim=int(backbone["embedding_dim"]),
-        pooling=backbone.get("pooling"),
-        image_size=data.get("image_size"),
-        train_transform=data.get("train_transform"),
-        test_transform=data.get("test_transform"),
+        pooling=_scalar(backbone.get("pooling")),
+        image_size=_scalar(data.get("image_size")),
+        train_transform=_scalar(data.get("train_transform")),
+        test_transform=_scalar(data.get("test_transform")),
         selection_rule=selection["rule"],
-        selection_metric=selection.get("metric"),
-        selection_epoch=selection.get("epoch"),
+        selection_metric=_scalar(selection.get("metric")),
+        selection_epoch=_scalar(selection.get("epoch")),
         protocol_hash=str(protocol["hash"]),
-        protocol_version=protocol.get("version"),
+        protocol_version=_scalar(protocol.get("version")),
         config_hash=str(rec["config_hash"]),
         seed=rec["seed"],
-        git_sha=git.get("sha"),
-        git_dirty=git.get("dirty"),
-        finished=timings.get("finished") or timings.get("updated"),
+        git_sha=_scalar(git.get("sha")),
+        git_dirty=_scalar(git.get("dirty")),
+        finished=_scalar(timings.get("finished") or timings.get("updated")),
     )
-    return row, None
+    return row
+
+
+#: How a duplicate whose metrics differ from the kept run's begins its reason (``main`` warns about each one).
+DISAGREES = "duplicate that DISAGREES with"
+#: Metric differences up to this are float noise between machines (the same run on another GPU), not disagreement.
+AGREE_TOLERANCE = 1e-3
+
+
+def _disagreement(kept: dict[str, Any], other: dict[str, Any]) -> str | None:
+    """The metrics on which two runs of one config and seed differ by more than :data:`AGREE_TOLERANCE`."""
+    differ = [m for m in METRICS if abs(kept[m] - other[m]) > AGREE_TOLERANCE]
+    if not differ:
+        return None
+    return ", ".join(f"{m} {kept[m]:.4f} vs {other[m]:.4f}" for m in differ[:3])
 
 
 def gather(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[str, str]]]:
@@ -199,6 +237,11 @@ def gather(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[
                 f"duplicate of {kept[key]['path']} (same config {r['config_hash']} and seed {r['seed']}); "
                 "the first run to finish is kept"
             )
+            disagree = _disagreement(kept[key], r)
+            if disagree:
+                reason = f"{DISAGREES} {kept[key]['path']} (same config {r['config_hash']} and seed {r['seed']}): "
+                reason += f"{disagree}; one of them ran other code or data (git {kept[key]['git_sha']} vs "
+                reason += f"{r['git_sha']}): find out which before trusting either; the first run to finish is kept"
             skipped.append({"path": r["path"], "reason": reason})
         else:
             kept[key] = r
@@ -280,6 +323,7 @@ def build_leaderboard(
     if reason:  # before reading anything, so a long gather does not end in a failed write
         raise ValueError(f"--out {out}: {reason}. Pass --out DIR, a directory you can write to.")
     runs, skipped = gather(paths)
+    warn_skipped(skipped)
     agg = aggregate(runs, reference)
     reported = load_reported(reported_dir) if reported_dir is not None else None
     out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be usable
@@ -345,6 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
+
+
+def warn_skipped(skipped: list[dict[str, str]]) -> None:
+    """One stderr line per record skipped as corrupted or as a disagreeing duplicate (the tables list every skip)."""
+    for item in skipped:
+        if item["reason"].startswith(("corrupted", DISAGREES)):
+            print(f"warning: skipped {item['path']}: {item['reason']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

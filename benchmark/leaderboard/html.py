@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import html
 import math
+import os
+from pathlib import Path
+from urllib.parse import quote
 
-from benchmark.leaderboard.keys import METRICS
+from benchmark.leaderboard.keys import GROUP_KEYS, METRICS
 from benchmark.leaderboard.render import (
     LABELS,
     MISSING,
@@ -95,15 +98,47 @@ def _thead(header: list[tuple[str, bool]]) -> str:
     return f"<thead><tr>{cells}</tr></thead>"
 
 
+def _gallery_links(ctx: Context) -> dict[int, list[tuple[int, str]]]:
+    """Per aggregated row: (seed, link relative to the page) for each of its runs that saved a neighbours gallery
+    (``gallery/gallery.png`` beside its record; older records have none)."""
+    from benchmark.evaluation.gallery import DIRNAME
+
+    if ctx.runs.empty:
+        return {}
+    runs = ctx.runs.copy()
+    runs["_gallery"] = [Path(p).parent / DIRNAME / "gallery.png" for p in runs["path"]]
+    runs = runs[[g.is_file() for g in runs["_gallery"]]]
+    if runs.empty:
+        return {}
+    page_dir = Path(ctx.out_dir).resolve()
+    keyed = ctx.agg[GROUP_KEYS].reset_index().merge(runs, on=GROUP_KEYS, how="inner")
+    links: dict[int, list[tuple[int, str]]] = {}
+    for _, r in keyed.sort_values(["index", "seed"]).iterrows():
+        rel = Path(os.path.relpath(Path(r["_gallery"]).resolve(), page_dir)).as_posix()
+        links.setdefault(int(r["index"]), []).append((int(r["seed"]), quote(rel)))
+    return links
+
+
+def _links_td(links: list[tuple[int, str]]) -> str:
+    if not links:
+        return f'<td class="text">{_e(MISSING)}</td>'
+    anchors = " ".join(f'<a class="gallery" href="{_e(href)}">s{seed}</a>' for seed, href in links)
+    return f'<td class="text">{anchors}</td>'
+
+
 def _ours(ctx: Context) -> list[str]:
     out = []
     rk = ranks(ctx.agg)
     delta = f"delta_{ctx.metric}"
+    galleries = _gallery_links(ctx)
     for (phash, rule), group in table_groups(ctx.agg):
         header = [(h, True) for h in ("Dataset", "Method", "Backbone")] + [("Dim", False), ("Seeds", False)]
         header += [(LABELS[m], False) for m in METRICS]
         if ctx.reference and delta in group:
             header.append((f"Δ{LABELS[ctx.metric]} vs {ctx.reference}", False))
+        with_links = any(i in galleries for i in group.index)  # a column only where some run has a gallery
+        if with_links:
+            header.append(("Neighbours", True))
         rows = []
         for i, r in group.iterrows():
             n = int(r["n_seeds"])
@@ -113,9 +148,11 @@ def _ours(ctx: Context) -> list[str]:
             for m in METRICS:
                 cls = {1: "best", 2: "second"}.get(rk.loc[i, m], "")
                 cells.append(_td(fmt_cell(m, r[f"{m}_mean"], r[f"{m}_std"], n), r[f"{m}_mean"], cls))
-            if len(header) > len(cells):
+            if len(header) > len(cells) + with_links:
                 d = r[delta]
                 cells.append(_td(MISSING if r["method"] == ctx.reference else fmt(ctx.metric, d, signed=True), d))
+            if with_links:
+                cells.append(_links_td(galleries.get(i, [])))
             rows.append(f'<tr data-dataset="{_e(r["dataset"])}">{"".join(cells)}</tr>')
         title = table_title(phash, rule, group["protocol_version"].iloc[0])
         out += [f"<h3>{_e(title)}</h3>", '<div class="scroll">']

@@ -338,7 +338,10 @@ def to_latex(ctx: Context) -> str:
 
 
 def _csv(df: pd.DataFrame) -> str:
-    return df.to_csv(index=False, lineterminator="\n")
+    """CSV text whose cells a spreadsheet never runs as formulas (:mod:`benchmark.leaderboard.spreadsheet`)."""
+    from benchmark.leaderboard.spreadsheet import spreadsheet_safe
+
+    return spreadsheet_safe(df).to_csv(index=False, lineterminator="\n")
 
 
 def write_csvs(

@@ -4,8 +4,9 @@
 random weights; ``--mllm`` takes a hub id or local directory on a GPU machine) and prints:
 
 - the time of one SAGA step (forward + backward + AdamW) over one baseline step (Potential Field on the mean-pooled
-  tower; Proxy Anchor when Potential Field is not installed), split into the metric phase (Phase A), the rollouts
-  (Phase B), the replay forward (Phase C) and the shared backward + optimiser step;
+  tower; Proxy Anchor when Potential Field is not installed), split into the metric phase (Phase A, with its DML
+  backward), the rollouts (Phase B), the replay (Phase C, each pair's backward and the tower's) and the optimiser
+  step (SAGA back-propagates in parts as it goes; the baseline's one backward is in its step);
 - the speed-up of computing the image-and-prompt prefix once per pair and sharing its KV cache with the G samples,
   over computing it G times (prefix alone, and a whole rollout).
 
@@ -52,7 +53,8 @@ def _step(method: Any, encoder: Any, opt: Any, images: Any, labels: Any, autocas
         out = method.training_step(images, labels, encoder)
     forward = time.perf_counter() - start
     tb = time.perf_counter()
-    out["loss"].backward()
+    if out["loss"].requires_grad:  # else the step back-propagated its parts itself (SAGA: in its phases' times)
+        out["loss"].backward()
     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
     opt.step()
     if images.device.type == "cuda":
@@ -113,8 +115,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     phases = {
         "metric_s": mean("time_metric_s"),
         "rollout_s": mean("time_rollout_s"),
-        "replay_forward_s": mean("time_replay_s"),
-        "backward_step_s": mean("backward_step_s"),
+        "replay_s": mean("time_replay_s"),
+        "step_s": mean("backward_step_s"),
     }
 
     sup = load_supervisor(args.mllm)

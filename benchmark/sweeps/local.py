@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.engine import records
+from benchmark.sweeps.liveness import process_start
 from benchmark.sweeps.manifest import Prepared, begin_submission, check_git, write_manifest
 
 
@@ -59,6 +60,7 @@ def run_local(
                     "mode": "local",
                     "job_id": f"local-{proc.pid}",
                     "pid": proc.pid,
+                    "pid_start": process_start(proc.pid),  # with the pid, tells this process from a later one
                     "host": os.uname().nodename,
                     "submitted": records.utc_now(),
                     "git_sha": git.get("sha"),

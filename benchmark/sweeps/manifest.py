@@ -90,6 +90,7 @@ def _update_manifest(manifest: dict[str, Any], spec: Spec, cells: list[Cell]) ->
             overrides=cell.overrides,
             run_dir=cell.run_dir,
             config_hash=cell.config_hash,
+            seed=cell.extra.get("seed"),  # with the config hash, what the run in run_dir must be (status checks it)
             resources=cell.resources,
         )
 

@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from benchmark.compose_cache import ComposeCache
 from benchmark.engine.records import REPO_ROOT
 from benchmark.sweeps.cluster import check_resources, resolve_resources
 
@@ -215,27 +217,49 @@ def expand_cells(spec: Spec, out_dir: str | Path) -> list[Cell]:
     return cells
 
 
-def cell_run_dir(overrides: list[str]) -> tuple[Path, str]:
+def cell_run_dir(overrides: list[str], cache: ComposeCache | None = None) -> tuple[Path, str]:
     """Compose a cell's config and derive its run directory and config hash, without loading any data."""
+    return cell_identity(overrides, cache)[:2]
+
+
+def cell_identity(overrides: list[str], cache: ComposeCache | None = None) -> tuple[Path, str, int]:
+    """A cell's run directory, config hash and seed (``cache`` shares compositions between the cells of a sweep)."""
     from benchmark.config import compose_config, config_hash
     from benchmark.data.base import load_card
     from benchmark.engine.trainer import resolve_card_defaults, run_directory
 
-    cfg = compose_config(overrides)
-    resolve_card_defaults(cfg, load_card(cfg.dataset.name))  # the Trainer does the same before naming the run
-    return run_directory(cfg).resolve(), config_hash(cfg)
+    cfg = compose_config(overrides, cache=cache)
+    card = cache.card(cfg.dataset.name) if cache is not None else load_card(cfg.dataset.name)
+    resolve_card_defaults(cfg, card)  # the Trainer does the same before naming the run
+    return run_directory(cfg).resolve(), config_hash(cfg), int(cfg.seed)
+
+
+#: Grids at least this large show a progress bar while their cells are composed (on stderr).
+PROGRESS_FROM = 50
 
 
 def validate_cells(cells: list[Cell]) -> None:
-    """Compose every cell's config; raise one :class:`SpecError` naming each cell that fails and why."""
+    """Compose every cell's config; raise one :class:`SpecError` naming each cell that fails and why.
+
+    What cells share is composed once (:class:`benchmark.compose_cache.ComposeCache`); a large grid shows a
+    progress bar on stderr.
+    """
+    from tqdm import tqdm
+
     errors = []
-    for cell in cells:
-        try:
-            run_dir, chash = cell_run_dir(cell.overrides)
-        except Exception as err:  # noqa: BLE001 - every composition error is reported per cell
-            errors.append(f"  {cell.cell_id}: {type(err).__name__}: {err}")
-            continue
-        cell.run_dir, cell.config_hash = str(run_dir), chash
+    cache = ComposeCache()
+    progress = tqdm(total=len(cells), desc="composing cells", unit="cell", disable=len(cells) < PROGRESS_FROM,
+                    file=sys.stderr, mininterval=1.0)  # fmt: skip
+    with progress:
+        for cell in cells:
+            progress.update(1)
+            try:
+                run_dir, chash, seed = cell_identity(cell.overrides, cache)
+            except Exception as err:  # noqa: BLE001 - every composition error is reported per cell
+                errors.append(f"  {cell.cell_id}: {type(err).__name__}: {err}")
+                continue
+            cell.run_dir, cell.config_hash = str(run_dir), chash
+            cell.extra["seed"] = seed
     if errors:
         raise SpecError(
             f"{len(errors)} of {len(cells)} cells do not compose (nothing was submitted):\n" + "\n".join(errors)

@@ -97,10 +97,33 @@ def log_cause(*paths: str | None) -> str:
     return ""
 
 
+def record_mismatch(entry: dict[str, Any], record: dict[str, Any] | None) -> str | None:
+    """Why the record in a cell's ``run_dir`` is not that cell's run (another config or seed), or None.
+
+    The manifest names each cell's run directory, but a manifest edited by hand (or a run directory moved) may point
+    a cell at another run: its record would then be reported as this cell's result.
+    """
+    if not isinstance(record, dict):
+        return None
+    wanted = {"config_hash": entry.get("config_hash"), "seed": entry.get("seed")}
+    found = {key: record.get(key) for key in wanted}
+    differs = [key for key, value in wanted.items() if value is not None and found[key] != value]
+    if not differs:
+        return None
+    shown = ", ".join(f"{key} {found[key]} (this cell: {wanted[key]})" for key in differs)
+    return (
+        f"{entry['run_dir']} holds another run ({shown}): the manifest points this cell at the wrong run directory. "
+        "Submit the sweep again: its cells' run directories are derived from the spec anew"
+    )
+
+
 def _cell_state(entry: dict[str, Any], sacct: dict[str, str], sacct_error: str | None = None) -> dict[str, Any]:
-    from benchmark.sweeps.local import pid_alive
+    from benchmark.sweeps.liveness import local_job_state
 
     record = records.read_record(entry["run_dir"])
+    mismatch = record_mismatch(entry, record)
+    if mismatch:  # another run's record is never this cell's result (nor its failure)
+        record = None
     job = entry["jobs"][-1] if entry.get("jobs") else None
     row: dict[str, Any] = {
         "run_dir": entry["run_dir"],
@@ -115,11 +138,11 @@ def _cell_state(entry: dict[str, Any], sacct: dict[str, str], sacct_error: str |
         return row
     if job is None:
         row["state"] = "not submitted"
+        row["error"] = mismatch
         return row
+    why = None
     if job["mode"] == "local":
-        alive = job.get("returncode") is None and pid_alive(job.get("pid"))
-        code = job.get("returncode")
-        scheduler = "RUNNING" if alive else (f"EXITED {code}" if code is not None else "LOST")
+        scheduler, why = local_job_state(job)
     else:
         scheduler = sacct.get(job["job_id"], "UNKNOWN")
     row["scheduler"] = scheduler
@@ -131,11 +154,15 @@ def _cell_state(entry: dict[str, Any], sacct: dict[str, str], sacct_error: str |
         row["state"], row["error"] = "failed", record.get("error")
     elif scheduler == "UNKNOWN":  # possibly still queued or running: never resubmitted without --force
         row["state"] = "unknown"
-        why = sacct_error or f"sacct has no record of job {job['job_id']} (purged, or another cluster's)"
+        why = why or sacct_error or f"sacct has no record of job {job['job_id']} (purged, or another cluster's)"
         row["error"] = f"{why}; the job may still be queued or running"
     else:  # the job ended (even COMPLETED) without a complete record
         row["state"] = "failed"
         row["error"] = f"job {job['job_id']} ended ({scheduler}) without a complete run record"
+        if why:
+            row["error"] += f" ({why})"
+    if mismatch:
+        row["error"] = f"{mismatch}; {row['error']}" if row["error"] else mismatch
     if row["state"] == "failed":
         row["log"] = log_tail(job.get("log_err")) or log_tail(job.get("log_out"))
         cause = log_cause(job.get("log_err"), job.get("log_out"))
@@ -181,6 +208,27 @@ def format_status(rows: list[dict[str, Any]], name: str = "") -> str:
         lines += ["", f"UNKNOWN ({len(unknown)} cell(s)): {unknown[0]['error']}."]
         lines += ["  Submitting the sweep again skips them; check with squeue/sacct, then --force resubmits them."]
     return "\n".join(lines)
+
+
+def not_done_reason(rows: list[dict[str, Any]]) -> str | None:
+    """Why a sweep that was just run here is not complete, one line (None when every cell is done)."""
+    not_done = [r for r in rows if r["state"] != "done"]
+    if not not_done:
+        return None
+    why = {
+        "running": "still running from an earlier submission (not started twice)",
+        "pending": "queued from an earlier submission",
+        "unknown": "of unknown state (held back; --force resubmits)",
+        "failed": "failed (see above)",
+        "not submitted": "not submitted",
+    }
+    parts = []
+    for state in sorted({r["state"] for r in not_done}):
+        cells = [r for r in not_done if r["state"] == state]
+        detail = f": {cells[0]['error']}" if state != "failed" and cells[0].get("error") else ""
+        names = ", ".join(r["cell"] for r in cells[:5]) + (f" and {len(cells) - 5} more" if len(cells) > 5 else "")
+        parts.append(f"{len(cells)} {why.get(state, state)} ({names}{detail})")
+    return f"{len(not_done)} of {len(rows)} cell(s) are not done: " + "; ".join(parts) + "."
 
 
 def main(sweep_dir: str, as_json: bool = False) -> int:

@@ -316,11 +316,14 @@ def main(
         from benchmark.sweeps.local import run_local
 
         manifest = run_local(prepared, max_parallel=max_parallel, allow_dirty=allow_dirty)
-        from benchmark.sweeps.status import format_status, sweep_status
+        from benchmark.sweeps.status import format_status, not_done_reason, sweep_status
 
         rows = sweep_status(prepared.sweep_dir)
         print(format_status(rows, manifest["name"]))
-        return 0 if all(r["state"] == "done" for r in rows) else 1
+        reason = not_done_reason(rows)
+        if reason:
+            print(f"\n{reason}", file=sys.stderr)
+        return 0 if reason is None else 1
     if not prepared.pending:
         print(
             f"Nothing to submit: of {len(prepared.cells)} cells of '{prepared.spec.name}', "

@@ -264,12 +264,18 @@ def write_world_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike) 
     Raises FileNotFoundError when ``runs_dir`` does not exist, ValueError when it holds no finished run or mixes
     experiments (see :func:`load_runs`).
     """
+    from benchmark.engine.checks import unwritable_reason
+    from benchmark.leaderboard.spreadsheet import spreadsheet_safe
+
+    out = Path(out_dir)
+    reason = unwritable_reason(out)
+    if reason:  # before reading anything (as the leaderboard's --out)
+        raise ValueError(f"--out {out}: {reason}. Pass --out DIR, a directory you can write to.")
     runs, skipped, attributes = load_runs(runs_dir)
     summary = summarise(runs, attributes)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return {
-        "csv": write_atomic(out / "results.csv", runs.to_csv(index=False, float_format="%.6f")),
+        "csv": write_atomic(out / "results.csv", spreadsheet_safe(runs).to_csv(index=False, float_format="%.6f")),
         "md": write_atomic(out / "summary.md", _markdown(summary, runs, attributes, skipped, runs_dir)),
         "png": write_atomic(out / "probe.png", _figure(runs, attributes)),
     }

@@ -37,7 +37,7 @@ from torch import nn
 from benchmark.method import Method, MethodConfig, ParamGroup, TaskInfo
 from benchmark.registry import register_method
 
-from ._diagnostics import GradNormLog, RunTotals, term_grad_norms
+from ._diagnostics import GradNormLog, RunTotals, TermGradTracker
 from ._grpo import DynamicSamplingBuffer, PairGroup, balanced_pairs, grpo_loss, verdict_reward
 from ._pooler import AttentionPooler, create_metric_loss
 from ._prompt import build_prompt, prompt_fields
@@ -67,6 +67,7 @@ class SAGAConfig(MethodConfig):
     temperature: float = 0.7  # App. B
     top_p: float = 0.95  # App. B
     max_new_tokens: int = 1024  # App. B
+    rollout_pairs_at_once: int = 0  # ours: pairs decoded together (0: all P of a micro-batch; fewer: less KV memory)
     rollout_constraint: str = "none"  # ours: none | json_skeleton (forces the answer's JSON layout; weak models)
     teacher_layer: int = 26  # ℓ (Sec. 3.4), 0-based as HF outputs.attentions[ℓ] (§7 item 10, ours)
     kl_include_keys: bool = False  # ours (§7 item 9): A_a/A_b are the attribute values' tokens only
@@ -98,6 +99,8 @@ class SAGA(Method):
     url = "https://arxiv.org/abs/2606.15134"
     config_class = SAGAConfig
     needs_mllm: ClassVar[bool] = True  # the training step needs an MLLM supervisor (backbone.kind=mllm_vision)
+    backward_in_parts: ClassVar[bool] = True  # a step at the paper's shape does not fit in memory as one graph
+    cuda_deterministic: ClassVar[bool] = False  # top-p's cumsum, flash attention's backward: not bit-identical on CUDA
     #: The paper's engine settings (App. A/B: tower, 224 px, 3 epochs, 5 % warm-up, lr 2e-5, batch 64, last epoch)
     #: are the ``saga`` protocol (sweeps/protocols/saga.yaml); the pooler's 1e-4 is pooler_lr_mult=5.
     protocol: ClassVar[str] = "saga"
@@ -204,7 +207,7 @@ class SAGA(Method):
                 "or set method.supervisor=<MLLM> for another encoder; or turn both off (method.use_grpo=false "
                 "method.use_kl=false)."
             )
-        sup = load_supervisor(name)
+        sup = load_supervisor(name, device)  # a checkpoint is read straight onto the device (bf16 on a GPU)
         if next(sup.model.parameters()).device != device:
             sup.to(device)
         if self.cfg.gradient_checkpointing and not sup.model.model.language_model.is_activation_checkpointing:
@@ -225,130 +228,180 @@ class SAGA(Method):
         return self._gen[str(device)]
 
     # ------------------------------------------------------------------------------------------- training
-    def _rollout_pair(self, sup: Any, feats: Any, batch: int, i: int, j: int, same: bool, stats: dict) -> PairGroup:
-        """Phase B for one pair: G answers (no graph, shared prefix), rewards; the payload is what Phase C needs."""
+    def _rollout_batch(self, sup: Any, feats: Any, batch: int, pairs: list, stats: dict) -> list[PairGroup]:
+        """Phase B for a micro-batch's candidate pairs: G answers each, all P × G decoded together (no graph, each
+        pair's prefix computed once and shared), and their rewards. A group's payload is what Phase C needs."""
         cfg = self.cfg
-        order = [i, j]
+        order = [k for i, j, _ in pairs for k in (i, j)]
         with torch.no_grad():
-            vision = self._to_llm(feats.select(order).detach())
+            vision = self._to_llm(feats.select(order))
         device = vision.tokens.device
         prefix = self._prefix(sup, feats, device)
         if cfg.rollout_constraint == "json_skeleton" and self._constraint is None:
             self._constraint = SkeletonConstraint(
                 sup.tokenizer, self.task.card, cfg.generic_prompt, sup.eos_token_ids[0]
             )
-        ro = sample_rollouts(
-            sup, prefix, vision, cfg.group_size, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
-            self._constraint if cfg.rollout_constraint == "json_skeleton" else None, self._generator(device),
-        )  # fmt: skip
-        rewards = []
-        lengths = ro.mask.sum(1).tolist()
-        for row in range(cfg.group_size):
-            text = sup.tokenizer.decode(ro.tokens[row, : lengths[row]].tolist(), skip_special_tokens=True)
-            reward, failure = verdict_reward(text, self.fields["verdict_key"], same, ro.truncated[row])
-            rewards.append(reward)
-            stats["parse_failures"] += failure is not None
-        stats["rollouts"] += cfg.group_size
-        stats["reward_sum"] += sum(rewards)
-        stats["gen_tokens"] += int(ro.mask.sum())
-        stats["gen_seconds"] += ro.seconds
-        payload = {"batch": batch, "order": order, "rollouts": ro, "prefix": prefix}
-        return PairGroup(torch.tensor(rewards), same, payload)
+        at_once = max(int(cfg.rollout_pairs_at_once) or len(pairs), 1)
+        parts = []
+        for first in range(0, len(pairs), at_once):  # all of them at once by default
+            chunk = vision.select(torch.arange(2 * first, 2 * min(first + at_once, len(pairs))))
+            ro = sample_rollouts(
+                sup, prefix, chunk, cfg.group_size, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
+                self._constraint if cfg.rollout_constraint == "json_skeleton" else None, self._generator(device),
+            )  # fmt: skip
+            stats["gen_seconds"] += ro.seconds
+            parts += ro.split(cfg.group_size)
+        groups = []
+        for (i, j, same), ro in zip(pairs, parts, strict=True):
+            lengths = ro.mask.sum(1).tolist()
+            tokens = ro.tokens.tolist()
+            rewards = []
+            for row in range(cfg.group_size):
+                text = sup.tokenizer.decode(tokens[row][: lengths[row]], skip_special_tokens=True)
+                reward, failure = verdict_reward(text, self.fields["verdict_key"], same, ro.truncated[row])
+                rewards.append(reward)
+                stats["parse_failures"] += failure is not None
+            stats["rollouts"] += cfg.group_size
+            stats["reward_sum"] += sum(rewards)
+            stats["gen_tokens"] += sum(lengths)
+            payload = {"batch": batch, "order": [i, j], "rollouts": ro, "prefix": prefix}
+            groups.append(PairGroup(torch.tensor(rewards), same, payload))
+        return groups
 
-    def _policy_terms(self, sup: Any, buffer: DynamicSamplingBuffer, feats_list: list, stats: dict) -> tuple:
-        """Phase C: GRPO over the buffer (token-normalised across it) and KL over its correct rollouts."""
+    def _teacher_rows(self, sup: Any, group: PairGroup, stats: dict) -> dict[int, Any]:
+        """The correct answers' attribute-value token spans (A_a, A_b) that the KL term reads (Eq. 6)."""
+        ro, rows = group.payload["rollouts"], {}
+        lengths = ro.mask.sum(1).tolist()
+        for row in (group.rewards > 0).nonzero().flatten().tolist():
+            text, offsets = token_offsets(sup.tokenizer, ro.tokens[row, : lengths[row]].tolist())
+            spans = attribute_token_spans(text, offsets, self.fields["item"], self.cfg.kl_include_keys)
+            stats["kl_missing_spans"] += sum(not s for s in spans)
+            rows[row] = spans
+        return rows
+
+    def _policy_terms(self, sup: Any, buffer: DynamicSamplingBuffer, batches: list, encoder: Any, stats: dict,
+                      tracker: TermGradTracker | None) -> tuple[float, float]:  # fmt: skip
+        """Phase C, back-propagated in parts: the tower is recomputed for the buffered pairs' images only (≤ 2K), each
+        pair is replayed through the frozen LM and back-propagated into those images' tokens at once (its replay graph
+        freed), then the tokens' accumulated gradient goes through the tower in one backward (GRPO, Eq. 5); the KL
+        term (Eq. 7) over the correct rollouts trains the pooler. Returns the two losses' values."""
         cfg = self.cfg
-        zero = self.pooler.query.new_zeros(())
         if not buffer.groups:
-            return zero, zero
+            return 0.0, 0.0
         layer = teacher_layer_index(sup, cfg.teacher_layer, tiny=sup.name.startswith("tiny-")) if cfg.use_kl else None
         total_tokens = sum(int(g.payload["rollouts"].mask.sum()) for g in buffer.groups)
-        loss_grpo, kl_terms = zero, []
+        teachers = [self._teacher_rows(sup, g, stats) if cfg.use_kl else {} for g in buffer.groups]
+        images = torch.stack([batches[g.payload["batch"]][0][k] for g in buffer.groups for k in g.payload["order"]])
+        grpo = cfg.use_grpo and torch.is_grad_enabled()
+        with torch.set_grad_enabled(grpo):
+            feats = self._features(encoder, images)  # the tower again, on the contributing pairs' images only
+        boundary = feats.detach()
+        if grpo:  # the replays' gradients stop at the tokens and accumulate there (see Method.backward_through)
+            for t in (boundary.tokens, *boundary.deepstack):
+                t.requires_grad_(True)
         lm = sup.model.model.language_model
-        for group in buffer.groups:
+        loss_grpo, kl_terms = 0.0, []
+        for k, (group, rows) in enumerate(zip(buffer.groups, teachers, strict=True)):
             ro, prefix = group.payload["rollouts"], group.payload["prefix"]
-            feats = feats_list[group.payload["batch"]].select(group.payload["order"])
-            teacher_rows = {}
-            if cfg.use_kl:
-                lengths = ro.mask.sum(1).tolist()
-                for row in (group.rewards > 0).nonzero().flatten().tolist():
-                    text, offsets = token_offsets(sup.tokenizer, ro.tokens[row, : lengths[row]].tolist())
-                    spans = attribute_token_spans(text, offsets, self.fields["item"], cfg.kl_include_keys)
-                    stats["kl_missing_spans"] += sum(not s for s in spans)
-                    teacher_rows[row] = spans
-            vision = self._to_llm(feats if cfg.use_grpo else feats.detach())
+            pair = boundary.select([2 * k, 2 * k + 1])
             lm.train(cfg.gradient_checkpointing)  # checkpointing runs in train mode only; the LM has no dropout
             try:
-                with torch.set_grad_enabled(cfg.use_grpo and torch.is_grad_enabled()):
-                    logprobs, maps = replay(sup, prefix, vision, ro, layer, teacher_rows, cfg.replay_chunk)
+                with torch.set_grad_enabled(grpo):
+                    logprobs, maps = replay(sup, prefix, self._to_llm(pair), ro, layer, rows, cfg.replay_chunk)
             finally:
                 lm.eval()
             # on-policy check: |log ρ| between the replay and the decoding-time log-probs (0 up to numerics)
             drift = (logprobs.detach() - ro.logprobs.to(logprobs.device))[ro.mask].abs()
             stats["log_ratio_max"] = max(stats["log_ratio_max"], float(drift.max()) if drift.numel() else 0.0)
+            stats["log_ratio_sum"] += float(drift.sum())
+            stats["log_ratio_tokens"] += drift.numel()
             if cfg.use_grpo:
-                loss_grpo = loss_grpo + grpo_loss(logprobs, group.advantages.to(logprobs.device), ro.mask, total_tokens)
+                part = grpo_loss(logprobs, group.advantages.to(logprobs.device), ro.mask, total_tokens)
+                if grpo:
+                    self.backward_part(cfg.lambda_grpo * part)  # this pair's replay graph is freed here
+                loss_grpo += float(part.detach())
             if maps:
-                beta = self.pooler.attention(feats.tokens.detach())  # KL trains the pooler only (X detached)
+                beta = self.pooler.attention(pair.tokens.detach())  # KL trains the pooler only (X detached)
                 for alphas in maps.values():
                     terms = [
-                        F.kl_div(beta[k].clamp_min(1e-12).log(), alpha.to(beta.dtype), reduction="sum")
-                        for k, alpha in enumerate(alphas)
+                        F.kl_div(beta[i].clamp_min(1e-12).log(), alpha.to(beta.dtype), reduction="sum")
+                        for i, alpha in enumerate(alphas)
                         if alpha is not None
                     ]
                     if terms:
                         kl_terms.append(torch.stack(terms).sum())  # Eq. 7: KL_a + KL_b
-        # §7 item 11 (ours): the KL term is averaged over the correct rollouts in the buffer.
-        loss_kl = torch.stack(kl_terms).mean() if kl_terms else zero
+        if grpo:  # the tokens' accumulated gradient through the tower, in one backward
+            self.backward_through([feats.tokens, *feats.deepstack], [boundary.tokens, *boundary.deepstack])
+        if tracker is not None:
+            tracker.mark("grpo")
+        loss_kl = torch.stack(kl_terms).mean() if kl_terms else None  # §7 item 11 (ours): over correct rollouts
         stats["kl_rollouts"] += len(kl_terms)
-        return loss_grpo, loss_kl
+        if loss_kl is not None and torch.is_grad_enabled():
+            self.backward_part(cfg.lambda_kl * loss_kl)
+        if tracker is not None:
+            tracker.mark("kl")
+        return loss_grpo, float(loss_kl.detach()) if loss_kl is not None else 0.0
 
     def _draw(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = self.next_batch()
         return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, encoder: Any) -> dict[str, Any]:
-        """Algorithm 1: DML on every consumed micro-batch, rollouts until K contributing pairs, GRPO + KL replay."""
+        """Algorithm 1, back-propagated in parts: each consumed micro-batch's DML loss as soon as it is computed (its
+        tower graph freed), rollouts until K contributing pairs, then GRPO pair by pair and KL (``_policy_terms``).
+        The gradients equal one backward of the whole Eq. 8 loss; the returned ``loss`` is its value, detached."""
         cfg = self.cfg
         stats: dict[str, float] = defaultdict(float)
         sup = self._supervisor(encoder, images.device) if self.uses_llm else None
         buffer = DynamicSamplingBuffer(cfg.num_pairs, cfg.adv_eps, cfg.adv_unbiased)
-        batches, feats_list, dml = [(images, labels)], [], []
+        measure = cfg.grad_norm_every > 0 and self._totals.steps % cfg.grad_norm_every == 0 and torch.is_grad_enabled()
+        scale = self.backprop.grad_accum if self.backprop is not None else 1
+        tracker = TermGradTracker(self._balance_groups(encoder), scale) if measure else None
+        batches, loss_dml = [(images, labels)], 0.0
         t0 = time.perf_counter()
         t_metric = t_rollout = 0.0
         while True:
             imgs, labs = batches[-1]
             ta = time.perf_counter()
-            feats = self._features(encoder, imgs)
-            feats_list.append(feats)
-            if len(batches) == 1 or cfg.refill_dml:
-                dml.append(self.metric(self.pooler(feats.tokens)[0], labs))
+            with_dml = len(batches) == 1 or cfg.refill_dml
+            with torch.set_grad_enabled(with_dml and torch.is_grad_enabled()):
+                feats = self._features(encoder, imgs)
+            if with_dml:
+                dml = self.metric(self.pooler(feats.tokens)[0], labs)
+                self.backward_part(cfg.lambda_dml * dml)  # Phase A: this micro-batch's tower graph is freed here
+                loss_dml += float(dml.detach())
+            feats = feats.detach()
             t_metric += time.perf_counter() - ta
             if not self.uses_llm:
                 break
             tb = time.perf_counter()
-            for i, j, same in balanced_pairs(labs.cpu().numpy(), cfg.pairs_per_batch, self._rng):
-                buffer.offer(self._rollout_pair(sup, feats, len(batches) - 1, i, j, same, stats))
-                stats["same_pairs"] += same
+            pairs = balanced_pairs(labs.cpu().numpy(), cfg.pairs_per_batch, self._rng)
+            groups = self._rollout_batch(sup, feats, len(batches) - 1, pairs, stats)
+            stats["pairs_rolled_out"] += len(groups)
+            for group in groups:
+                buffer.offer(group)
+                stats["same_pairs"] += group.same_class
                 if buffer.full:
                     break
             t_rollout += time.perf_counter() - tb
             if buffer.full or self.next_batch is None or len(batches) > cfg.max_refill_batches:
                 break
             batches.append(self._draw(images.device))
+        if tracker is not None:
+            tracker.mark("dml")
         tc = time.perf_counter()
-        loss_grpo, loss_kl = self._policy_terms(sup, buffer, feats_list, stats) if self.uses_llm else (0.0, 0.0)
+        loss_grpo, loss_kl = (
+            self._policy_terms(sup, buffer, batches, encoder, stats, tracker) if self.uses_llm else (0.0, 0.0)
+        )
         t_replay = time.perf_counter() - tc
-        loss_dml = torch.stack(dml).sum()
-        terms = (cfg.lambda_dml * loss_dml, cfg.lambda_grpo * loss_grpo, cfg.lambda_kl * loss_kl)
-        weighted, loss = dict(zip(("dml", "grpo", "kl"), terms, strict=True)), sum(terms)
-        if cfg.grad_norm_every > 0 and self._totals.steps % cfg.grad_norm_every == 0 and loss.requires_grad:
-            self._grad_norms.add(term_grad_norms(weighted, self._balance_groups(encoder)))
+        if tracker is not None:
+            self._grad_norms.add(tracker.norms())
+        total = cfg.lambda_dml * loss_dml + cfg.lambda_grpo * loss_grpo + cfg.lambda_kl * loss_kl
         out = {
-            "loss": loss,
-            "loss_dml": float(loss_dml.detach()),
-            "loss_grpo": float(torch.as_tensor(loss_grpo).detach()),
-            "loss_kl": float(torch.as_tensor(loss_kl).detach()),
+            "loss": torch.tensor(total, device=images.device),
+            "loss_dml": loss_dml,
+            "loss_grpo": loss_grpo,
+            "loss_kl": loss_kl,
             "micro_batches": len(batches),
             "time_metric_s": t_metric,
             "time_rollout_s": t_rollout,

@@ -1,9 +1,9 @@
 """SAGA's run diagnostics: run-level totals of the step statistics, and the loss balance made visible (each
 term's gradient norm on each parameter group, Eq. 8's three terms).
 
-The balance is hand-written (no library splits one backward pass by loss term): ``torch.autograd.grad`` of each
-weighted term on the trainable parameters, with the graph retained, so the step's own backward (by the engine) is
-unchanged. Norms are of ``lambda_term * L_term`` (what each term adds to the update) before gradient clipping.
+The balance is hand-written (no library splits a backward pass by loss term): SAGA back-propagates its terms in
+parts, one term after another, and :class:`TermGradTracker` reads what each term added to ``.grad`` (no graph is
+retained for it). Norms are of ``lambda_term * L_term`` (what each term adds to the update) before gradient clipping.
 """
 
 from __future__ import annotations
@@ -16,24 +16,43 @@ import torch
 from torch import nn
 
 
-def term_grad_norms(
-    terms: dict[str, torch.Tensor | float], groups: dict[str, list[nn.Parameter]]
-) -> dict[str, dict[str, float]]:
-    """``{term: {group: ||d term / d group||_2}}``; a term without a graph, or a group it does not reach, gives 0."""
-    named = {g: [p for p in params if p.requires_grad] for g, params in groups.items()}
-    flat = [p for params in named.values() for p in params]
-    out: dict[str, dict[str, float]] = {}
-    for term, loss in terms.items():
-        if not (torch.is_tensor(loss) and loss.requires_grad) or not flat:
-            out[term] = dict.fromkeys(named, 0.0)
-            continue
-        grads = torch.autograd.grad(loss, flat, retain_graph=True, allow_unused=True)
-        by_param = {id(p): g for p, g in zip(flat, grads, strict=True)}
-        out[term] = {}
-        for group, params in named.items():
-            sq = [by_param[id(p)].detach().float().pow(2).sum() for p in params if by_param[id(p)] is not None]
-            out[term][group] = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
-    return out
+class TermGradTracker:
+    """Each term's gradient norm on each parameter group, read off a step that back-propagates its terms in turn.
+
+    The step back-propagates its parts term after term (every DML part, then GRPO, then KL), so each term's gradient
+    is what ``.grad`` gained between two :meth:`mark` calls; one snapshot of the groups' gradients is kept between
+    marks (no graph is retained). ``scale`` undoes the engine's ``1 / grad_accum``, so a norm is of ``lambda * L``.
+    """
+
+    def __init__(self, groups: dict[str, list[nn.Parameter]], scale: float = 1.0) -> None:
+        self.groups = {g: [p for p in params if p.requires_grad] for g, params in groups.items()}
+        self.scale = float(scale)
+        self.snapshot = self._grads()
+        self.by_term: dict[str, dict[str, float]] = {}
+
+    def _grads(self) -> dict[int, torch.Tensor | None]:
+        return {
+            id(p): (p.grad.detach().clone() if p.grad is not None else None) for ps in self.groups.values() for p in ps
+        }
+
+    def mark(self, term: str) -> None:
+        """Everything ``.grad`` gained since the last mark belongs to ``term``."""
+        norms = {}
+        for group, params in self.groups.items():
+            sq = []
+            for p in params:
+                before = self.snapshot[id(p)]
+                if p.grad is not None:
+                    delta = p.grad.detach() if before is None else p.grad.detach() - before
+                    sq.append(delta.float().pow(2).sum())
+            norms[group] = float(torch.stack(sq).sum().sqrt()) * self.scale if sq else 0.0
+        self.by_term[term] = norms
+        self.snapshot = self._grads()
+
+    def norms(self) -> dict[str, dict[str, float]]:
+        """``{term: {group: ||d (lambda term) / d group||_2}}``; a term that reached no group of them gives 0."""
+        self.snapshot = {}
+        return dict(self.by_term)
 
 
 class GradNormLog:
@@ -97,4 +116,7 @@ class RunTotals:
             "kl_rollouts": t["kl_rollouts"],
             "kl_missing_spans": t["kl_missing_spans"],
             "log_ratio_max": t["log_ratio_max"],  # on-policy check: largest |replay - decoding log-prob|
+            "log_ratio_mean": t["log_ratio_sum"] / max(t["log_ratio_tokens"], 1),  # its mean over replayed tokens
+            "pairs_rolled_out": t["pairs_rolled_out"],  # decoded, offered or not (the batch decodes all P at once)
+            "gen_tokens": t["gen_tokens"],  # generated tokens over the run (the cost of the rollouts)
         }

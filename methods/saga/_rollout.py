@@ -45,6 +45,24 @@ class Rollouts:
     seconds: float
     prefix_seconds: float
 
+    def split(self, group_size: int) -> list[Rollouts]:
+        """One ``Rollouts`` per pair (rows are pair-major), each cut to its own longest answer."""
+        parts = []
+        for start in range(0, len(self.tokens), group_size):
+            rows = slice(start, start + group_size)
+            used = max(int(self.mask[rows].sum(1).max()), 1)
+            parts.append(
+                Rollouts(
+                    self.tokens[rows, :used],
+                    self.mask[rows, :used],
+                    self.logprobs[rows, :used],
+                    self.truncated[rows],
+                    self.seconds,
+                    self.prefix_seconds,
+                )  # fmt: skip
+            )
+        return parts
+
 
 def _cache_kwarg(model: Any) -> str:
     params = inspect.signature(type(model.model).forward).parameters
@@ -177,6 +195,20 @@ class SkeletonConstraint:
             st["len"] += 1
 
 
+def _static_cache(sup: Any, prefill: Any, repeats: int, max_len: int) -> Any:
+    """A preallocated KV cache (transformers' ``StaticCache``, ``max_len`` positions) holding the prefill cache's
+    rows each repeated ``repeats`` times: a pair's prefix, computed once, shared by its G answers."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=sup.model.config.text_config, max_cache_len=max_len)
+    for index, layer in enumerate(prefill.layers):
+        keys, values = layer.keys, layer.values
+        if repeats > 1:
+            keys, values = keys.repeat_interleave(repeats, 0), values.repeat_interleave(repeats, 0)
+        cache.update(keys, values, index)
+    return cache
+
+
 @torch.no_grad()
 def sample_rollouts(
     sup: Any,
@@ -189,38 +221,65 @@ def sample_rollouts(
     constraint: SkeletonConstraint | None = None,
     generator: torch.Generator | None = None,
     share_prefix: bool = True,
+    check_every: int = 32,
+    static_cache: bool = True,
+    min_new_tokens: int = 0,
 ) -> Rollouts:
-    """G completions for one pair (Eq. 2), without a graph. With ``share_prefix`` the image-and-prompt prefix runs
-    once and its KV cache is repeated G times; otherwise it runs on G copies (the baseline the perf script times)."""
+    """G completions for each pair in ``vision`` (2P images, a pair after another: Eq. 2), without a graph, all
+    P × G sequences decoded together; rows are pair-major (``Rollouts.split(G)`` gives one pair's G).
+
+    With ``share_prefix`` each pair's image-and-prompt prefix runs once and its KV cache is repeated G times (else it
+    runs on every row: the baseline the perf script times). The cache is preallocated (``StaticCache``); the loop
+    makes no host synchronisation per token (finished rows are checked every ``check_every`` tokens, forbidden
+    tokens are masked by addition) except under ``constraint``, whose per-row state machine is meant for tiny test
+    models. ``temperature=0`` decodes greedily; ``min_new_tokens`` forbids EOS before that many tokens (fixed-length
+    answers for benchmarks); ``static_cache=False`` grows a ``DynamicCache`` instead (the per-pair baseline of
+    ``benchmark.perf.decode``, with ``check_every=1``).
+    """
     from transformers import DynamicCache
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
     model, g = sup.model, group_size
     device = prefix.ids.device
     start = time.perf_counter()
-    rows = 1 if share_prefix else g
-    cache = DynamicCache(config=model.config.text_config)
-    out = _forward(sup, prefix.ids.expand(rows, -1), prefix.position_ids.expand(-1, rows, -1), vision, cache)
-    if share_prefix:
-        cache.batch_repeat_interleave(g)
-    hidden = out.last_hidden_state[:, -1:].expand(g, -1, -1) if share_prefix else out.last_hidden_state[:, -1:]
+    pairs = max(int(vision.tokens.shape[0]) // 2, 1)
+    rows = pairs * g
+    fill = pairs if share_prefix else rows
+    if not share_prefix and vision.tokens.shape[0] != 2:  # every row gets its own copy of its pair's two images
+        vision = vision.select(torch.arange(2 * pairs).view(pairs, 2).repeat_interleave(g, 0).flatten())
+    prefill = DynamicCache(config=model.config.text_config)
+    out = _forward(sup, prefix.ids.expand(fill, -1), prefix.position_ids.expand(-1, fill, -1), vision, prefill)
+    if static_cache:
+        cache = _static_cache(sup, prefill, g if share_prefix else 1, prefix.length + max_new_tokens)
+    else:
+        cache = prefill
+        if share_prefix and g > 1:
+            cache.batch_repeat_interleave(g)
+    del prefill
+    hidden = out.last_hidden_state[:, -1:]
+    hidden = hidden.repeat_interleave(g, 0) if share_prefix else hidden
     prefix_seconds = time.perf_counter() - start
-    warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)]
-    states = [constraint.new_state() for _ in range(g)] if constraint else None
+    warpers = [TopPLogitsWarper(top_p)] if temperature > 0 else []
+    warpers = [TemperatureLogitsWarper(temperature), *warpers] if temperature > 0 else warpers
+    states = [constraint.new_state() for _ in range(rows)] if constraint else None
     eos = torch.tensor(sup.eos_token_ids, device=device)
     pad = int(sup.tokenizer.pad_token_id if sup.tokenizer.pad_token_id is not None else sup.eos_token_ids[0])
-    tokens = torch.full((g, max_new_tokens), pad, dtype=torch.long, device=device)
-    done = torch.zeros(g, dtype=torch.bool, device=device)
-    lengths = torch.full((g,), max_new_tokens, dtype=torch.long, device=device)
-    # Placeholder tokens must never be sampled: the replay would read them as image positions.
-    suppress = [
-        t for t in (model.config.image_token_id, getattr(model.config, "video_token_id", None)) if t is not None
-    ]
-    logprobs = torch.zeros(g, max_new_tokens, device=device)
+    tokens = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=device)
+    logprobs = torch.zeros(rows, max_new_tokens, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    lengths = torch.full((rows,), max_new_tokens, dtype=torch.long, device=device)
+    # Placeholder tokens must never be sampled (the replay would read them as image positions): an additive mask.
+    blocked = torch.zeros(model.lm_head.out_features, device=device)
+    for t in (model.config.image_token_id, getattr(model.config, "video_token_id", None)):
+        if t is not None:
+            blocked[t] = float("-inf")
+    no_eos = blocked.clone()
+    no_eos[eos] = float("-inf")
+    pos = torch.empty((prefix.position_ids.shape[0], rows, 1), dtype=torch.long, device=device)
     for step in range(max_new_tokens):
         scores = model.lm_head(hidden[:, -1]).float()
         policy = scores.log_softmax(-1)
-        scores[:, suppress] = float("-inf")
+        scores = scores + (no_eos if step < min_new_tokens else blocked)
         forced: dict[int, int] = {}
         if states is not None:
             for row, st in enumerate(states):
@@ -233,10 +292,13 @@ def sample_rollouts(
                     scores[row] = scores[row] + keep
         for warp in warpers:
             scores = warp(tokens[:, :step], scores)
-        nxt = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+        if temperature > 0:
+            nxt = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+        else:
+            nxt = scores.argmax(-1)
         for row, tok in forced.items():
             nxt[row] = tok
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        nxt = torch.where(done, pad, nxt)
         if states is not None:
             for row, st in enumerate(states):
                 if not done[row]:
@@ -244,14 +306,15 @@ def sample_rollouts(
         tokens[:, step] = nxt
         logprobs[:, step] = policy.gather(1, nxt[:, None]).squeeze(1)
         finished = ~done & torch.isin(nxt, eos)
-        lengths[finished] = step + 1
-        done |= finished
-        if bool(done.all()):
-            tokens, logprobs = tokens[:, : step + 1], logprobs[:, : step + 1]
+        lengths = torch.where(finished, step + 1, lengths)
+        done = done | finished
+        if ((step + 1) % check_every == 0 or states is not None) and bool(done.all()):
             break
-        pos = torch.full((prefix.position_ids.shape[0], g, 1), prefix.next_position + step, device=device)
+        pos.fill_(prefix.next_position + step)
         hidden = _forward(sup, nxt[:, None], pos, cache=cache).last_hidden_state
-    mask = torch.arange(tokens.shape[1], device=device)[None] < lengths[:, None]
+    used = int(lengths.max())  # one synchronisation at the end: drop the columns past every row's end
+    tokens, logprobs = tokens[:, :used], logprobs[:, :used]
+    mask = torch.arange(used, device=device)[None] < lengths[:, None]
     return Rollouts(tokens, mask, logprobs, (~done).tolist(), time.perf_counter() - start, prefix_seconds)
 
 
