@@ -12,7 +12,7 @@ private and attributes memory to modules, not to the phases of an optimiser step
 
 - keeps small tensors *real* (bookkeeping: labels, token ids, masks, rewards), so the method's own host-side logic
   runs unchanged; factories larger than ``real_limit`` bytes are made fake (a KV cache is never allocated for real);
-- answers ``.item()`` on a fake tensor with a placeholder (True, 1 or 0.0): its value is unknown and unused here;
+- answers ``.item()`` on a fake tensor with a placeholder (True, 0 or 0.0): its value is unknown and unused here;
 - routes SDPA to the flash kernel, so attention saves what FlashAttention saves (q, k, v, out, logsumexp), never an
   N^2 matrix;
 - counts FLOPs with torch's own formulas (``torch.utils.flop_counter``) and the bytes each kernel reads and writes
@@ -135,7 +135,7 @@ class FakeStep(TorchDispatchMode):
             return int(SDPBackend.FLASH_ATTENTION.value)
         if func is _ATEN._local_scalar_dense.default and has_fake:
             dtype = args[0].dtype
-            return True if dtype == torch.bool else (1 if not dtype.is_floating_point else 0.0)
+            return True if dtype == torch.bool else (0 if not dtype.is_floating_point else 0.0)
         if func is _ATEN.index.Tensor and has_fake:  # a real boolean mask into a fake tensor: index by positions
             args = (args[0], [i.nonzero().unbind(1) if _real_bool(i) else (i,) for i in args[1]])
             args = (args[0], [j for group in args[1] for j in group])

@@ -90,11 +90,20 @@ class ShapeTokenizer:
 
 
 class ShapeEncoder(nn.Module):
-    """What SAGA reads of the engine's encoder: the backbone (an MLLM tower) and its trainable parameters."""
+    """What SAGA reads of the engine's encoder: the backbone (an MLLM tower) and its trainable parameters; its blocks
+    activation-checkpointed as the engine's ``Encoder`` does for ``backbone.activation_checkpointing=true``."""
 
-    def __init__(self, tower: nn.Module) -> None:
+    def __init__(self, tower: nn.Module, checkpointing: bool = True) -> None:
+        from benchmark.engine.encoder import enable_activation_checkpointing
+
         super().__init__()
         self.backbone = tower
+        if checkpointing:
+            enable_activation_checkpointing(tower, getattr(tower, "mllm_name", "tower"))
+        else:
+            for sub in tower.modules():
+                if getattr(sub, "supports_gradient_checkpointing", False) and sub.is_gradient_checkpointing:
+                    sub.activation_checkpointing_disable()
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.backbone.parameters() if p.requires_grad]
@@ -172,35 +181,39 @@ class StepStubs:
         self.step, self.shape, self.length = step, shape, length
         self.micro_batches, self.pairs_per_batch = micro_batches, pairs_per_batch
         self.calls = self.rows = 0
+        self.group_size = 8
+        self.last = "tower_forward"
         self.transient: int | None = None
         self.prefix_counts = (0, 0, 0)
         self.retained: dict[str, list[int]] = {}
 
     def _contributing(self) -> bool:
-        return (self.calls - 1) // self.pairs_per_batch == self.micro_batches - 1
+        pair = (self.rows - 1) // self.group_size  # rewards come row by row, pair after pair, micro-batch after another
+        return pair // self.pairs_per_batch == self.micro_batches - 1
 
     def sample_rollouts(self, original: Any) -> Any:
-        """The project's rollout for the first pair (prefix, shared cache, one sampling step, then one decode step at
-        the full length); later pairs have the same shapes, so their transient peak is charged, not re-run."""
+        """The project's sampler on the call's pairs (prefix, the preallocated cache of ``prefix + L`` positions, one
+        decode step: the loop's peak), answers then fixed at ``L`` tokens. Later calls have the same shapes: their
+        transient peak is charged, not re-run (a decode step costs the same at every position of a static cache)."""
         from methods.saga._rollout import Rollouts
 
         def stub(sup: Any, prefix: Any, vision: Any, group_size: int, temperature: float, top_p: float, *args: Any,
                  **kwargs: Any) -> Any:  # fmt: skip
             self.calls += 1
-            generator = args[2] if len(args) > 2 else kwargs.get("generator")
+            rows = group_size * max(int(vision.tokens.shape[0]) // 2, 1)
             if self.transient is None:
                 before, step = self.step.current, self.step
-                with step.phase("prefix"):
-                    original(sup, prefix, vision, group_size, temperature, top_p, 1, None, generator)
-                with step.phase("rollouts"):
-                    full_length_decode(sup, prefix, group_size, self.length)
-                self.transient = max(step.phase_peak["prefix"], step.phase_peak["rollouts"]) - before
-                self.prefix_counts = (step.flops["prefix"], step.bytes["prefix"], step.kernels["prefix"])
+                generator = args[2] if len(args) > 2 else kwargs.get("generator")
+                with step.phase("rollouts"):  # check_every=1: FakeStep's placeholder for done.all() ends it at once
+                    original(sup, prefix, vision, group_size, temperature, top_p, self.length, None, generator,
+                             check_every=1)  # fmt: skip
+                self.transient = step.phase_peak["rollouts"] - before
+                self.prefix_counts = (step.flops["rollouts"], step.bytes["rollouts"], step.kernels["rollouts"])
             else:
                 self.step.charge("rollouts", self.transient)
-            g, t = group_size, self.length
-            tokens = torch.full((g, t), 1000, dtype=torch.long)
-            return Rollouts(tokens, torch.ones(g, t, dtype=torch.bool), torch.zeros(g, t), [False] * g, 0.0, 0.0)
+            t = self.length
+            tokens = torch.full((rows, t), 1000, dtype=torch.long)
+            return Rollouts(tokens, torch.ones(rows, t, dtype=torch.bool), torch.zeros(rows, t), [False] * rows, 0, 0)
 
         return stub
 
@@ -208,11 +221,20 @@ class StepStubs:
         self.rows += 1
         return (float(self.rows % 2) if self._contributing() else 1.0), None
 
+    def backward(self, fn: Any) -> Any:
+        """``fn`` (the engine's Backprop call) inside phase ``backward (<the forward phase it follows>)``."""
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            with self.step.phase(f"backward ({self.last})"):
+                return fn(*args, **kwargs)
+
+        return wrapped
+
     def timed(self, name: str, fn: Any) -> Any:
         """``fn`` run inside phase ``name``; the bytes it leaves alive (its graph) are recorded per call."""
 
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            before = self.step.current
+            before, self.last = self.step.current, name
             with self.step.phase(name):
                 out = fn(*args, **kwargs)
             self.retained.setdefault(name, []).append(self.step.current - before)
@@ -226,12 +248,6 @@ def kv_shape(text: Any) -> tuple[int, int]:
     return int(text.num_key_value_heads), int(
         getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     )
-
-
-def full_length_decode(sup: Any, prefix: Any, rows: int, length: int) -> None:
-    """One decode step of the project's ``_forward`` on a DynamicCache already ``prefix + length - 1`` long."""
-    cache = grown_cache(sup, rows, prefix.length + length - 1)
-    decode_hidden(sup, cache, rows, prefix.position_ids.shape[0], prefix.next_position + length - 1)
 
 
 def grown_cache(sup: Any, rows: int, context: int) -> Any:
@@ -256,36 +272,39 @@ def decode_hidden(sup: Any, cache: Any, rows: int, rope_rows: int, position: int
     return _forward(sup, tok, pos, cache=cache).last_hidden_state
 
 
-def run_step(shape: Shape, length: int, micro_batches: int, grad_norm_step: bool, card: str = "aircraft") -> dict:
-    """One optimiser step of SAGA (paper settings) with ``micro_batches`` consumed; the memory report."""
+def run_step(
+    shape: Shape, length: int, micro_batches: int, grad_norm_step: bool, card: str = "aircraft", **method: Any
+) -> dict:
+    """One optimiser step of SAGA (paper settings; ``method`` overrides config fields) with ``micro_batches``
+    consumed, driven as the engine drives it; the memory report. The tower is activation-checkpointed as in the
+    ``saga`` protocol unless ``tower_checkpointing=False`` is given."""
     import methods.saga as saga_module
     from benchmark.backbones import mllm
     from benchmark.data.base import load_card
+    from benchmark.engine.backprop import Backprop
     from benchmark.method import TaskInfo
     from benchmark.registry import get_method
 
     step = FakeStep()
     mllm._SUPERVISORS[shape.supervisor.name] = shape.supervisor
     cls = get_method("saga")
-    cfg = OmegaConf.structured(cls.config_class(max_new_tokens=length, seed=0))
-    card_data = load_card(card)
-    classes, m = 16, 4  # train.batch_size 64 = 16 classes x m_per_class 4 (the saga protocol)
+    checkpointing = bool(method.pop("tower_checkpointing", True))
+    cfg = OmegaConf.structured(cls.config_class(**{"max_new_tokens": length, "seed": 0, **method}))
     width = shape.tower.out_dim
-    task = TaskInfo(num_classes=50, embedding_dim=width, dataset=card, card=card_data, feature_dim=width)
-    encoder = ShapeEncoder(shape.tower)
-    side = shape.image_size
+    task = TaskInfo(num_classes=50, embedding_dim=width, dataset=card, card=load_card(card), feature_dim=width)
+    encoder = ShapeEncoder(shape.tower, checkpointing).train()  # the engine trains in train mode
+    classes, m, side = 16, 4, shape.image_size  # train.batch_size 64 = 16 classes x m_per_class 4 (saga protocol)
     with step.fake():
-        method = cls(cfg, task)
+        saga = cls(cfg, task)
         images = torch.randn(classes * m, 3, side, side)
     labels = torch.arange(classes).repeat_interleave(m)
-    method.next_batch = lambda: (torch.randn_like(images), labels)
-    method._totals.t["steps"] = 0 if grad_norm_step else 1  # grad_norm_every divides step 0 only
+    saga.next_batch = lambda: (torch.randn_like(images), labels)
+    saga._totals.t["steps"] = 0 if grad_norm_step else 1  # grad_norm_every divides step 0 only
     groups = [{"params": encoder.backbone_parameters()}]
-    groups += [{"params": g.params, "lr": 2e-5 * g.lr_mult} for g in method.param_groups() if g.params]
+    groups += [{"params": g.params, "lr": 2e-5 * g.lr_mult} for g in saga.param_groups() if g.params]
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=2e-5, weight_decay=1e-4, foreach=True)  # foreach: CUDA's default
-    frozen = list(shape.supervisor.model.parameters())
-    step.track(frozen + list(shape.tower.parameters()) + list(method.parameters()))
+    step.track([*shape.supervisor.model.parameters(), *shape.tower.parameters(), *saga.parameters()])
     with step:  # the optimiser's states exist from the first step on: create them
         for p in params:
             p.grad = torch.zeros_like(p)
@@ -294,23 +313,25 @@ def run_step(shape: Shape, length: int, micro_batches: int, grad_norm_step: bool
     step.reset_peaks()
     static = step.current
     stubs = StepStubs(step, shape, length, micro_batches, cfg.pairs_per_batch)
+    stubs.group_size = int(cfg.group_size)
+    saga.backprop = PhasedBackprop(stubs)
     patches = {
         "sample_rollouts": stubs.sample_rollouts(saga_module.sample_rollouts),
         "verdict_reward": stubs.verdict_reward,
         "replay": stubs.timed("replay_forward", saga_module.replay),
-        "term_grad_norms": stubs.timed("grad_norm_diagnostic", saga_module.term_grad_norms),
     }
     saved = {k: getattr(saga_module, k) for k in patches}
-    method._features = stubs.timed("tower_forward", method._features)
+    saga._features = stubs.timed("tower_forward", saga._features)
     try:
         for k, v in patches.items():
             setattr(saga_module, k, v)
         with step:
             with step.phase("step"), torch.autocast("cpu", dtype=torch.bfloat16):
-                out = method.training_step(images, labels, encoder)
-            if out["loss"].requires_grad:
+                out = saga.training_step(images, labels, encoder)
+            if out["loss"].requires_grad:  # a method that returns its loss whole: the engine's one backward
                 with step.phase("backward"):
-                    out["loss"].backward()
+                    Backprop.__call__(saga.backprop, out["loss"])
+            consumed, contributing = int(out["micro_batches"]), int(out.get("pairs_contributing", 0))
             del out
             with step.phase("optimizer"):
                 torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
@@ -321,7 +342,7 @@ def run_step(shape: Shape, length: int, micro_batches: int, grad_norm_step: bool
             setattr(saga_module, k, v)
         mllm._SUPERVISORS.pop(shape.supervisor.name, None)
     for table, value in zip((step.flops, step.bytes, step.kernels), stubs.prefix_counts, strict=True):
-        table["prefix"] = value * stubs.calls  # every pair computes its own prefix
+        table["prefix"] = value * stubs.calls  # every call computes its pairs' prefixes
         table.pop("rollouts", None)  # the decode is estimated from decode_counts, per token step
     tower = stubs.retained.get("tower_forward", [0])
     replay = stubs.retained.get("replay_forward", [0])
@@ -329,15 +350,19 @@ def run_step(shape: Shape, length: int, micro_batches: int, grad_norm_step: bool
         "shape": shape.name,
         "length": length,
         "micro_batches": micro_batches,
-        "consumed": len(tower),
+        "consumed": consumed,
+        "pairs_contributing": contributing,
         "pairs_replayed": len(replay),
-        "pairs_offered": stubs.calls,
-        "prefix_tokens": max((p.length for p in method._prefixes.values()), default=0),
+        "rollout_calls": stubs.calls,
+        "prefix_tokens": max((p.length for p in saga._prefixes.values()), default=0),
         "grad_norm_step": grad_norm_step,
+        "tower_checkpointing": checkpointing,
+        "settings": {k: v for k, v in method.items()},
         "static_gib": static / GIB,
         "peak_gib": step.peak / GIB,
         "phase_peak_gib": {k: v / GIB for k, v in step.phase_peak.items()},
-        "tower_graph_gib": max(tower) / GIB,
+        "tower_graph_gib": max(tower[:consumed]) / GIB,
+        "tower_recompute_gib": max(tower[consumed:], default=0) / GIB,
         "replay_graph_gib": (min(replay) / GIB, max(replay) / GIB),
         "flops": dict(step.flops),
         "bytes": dict(step.bytes),
@@ -345,12 +370,39 @@ def run_step(shape: Shape, length: int, micro_batches: int, grad_norm_step: bool
     }
 
 
-def decode_counts(shape: Shape, rows: int, context: int) -> dict[str, float]:
+class PhasedBackprop:
+    """The engine's :class:`~benchmark.engine.backprop.Backprop` (grad_accum 1, one process), each part inside a
+    ``backward (<forward phase>)`` phase."""
+
+    def __new__(cls, stubs: StepStubs) -> Any:
+        from benchmark.engine.backprop import Backprop
+
+        class _Phased(Backprop):
+            def __call__(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
+                with stubs.step.phase(f"backward ({stubs.last})"):
+                    super().__call__(loss, retain_graph)
+
+            def through(self, outputs: list, grads: list) -> None:
+                with stubs.step.phase("backward (tower_recompute)"):
+                    super().through(outputs, grads)
+
+        return _Phased(1, _nonfinite)
+
+
+def _nonfinite(value: float) -> None:
+    raise RuntimeError(f"a loss part is {value} on fake tensors (placeholder values should be finite)")
+
+
+def decode_counts(shape: Shape, rows: int, context: int, static_len: int = 0) -> dict[str, float]:
     """FLOPs, bytes and kernels of one decode step of ``rows`` sequences at ``context`` tokens, as the rollout loop
-    takes it: the LM on the KV cache (a DynamicCache grown by ``torch.cat``), ``lm_head``, log-softmax, temperature,
-    top-p and the draw. ``bytes_unfused``: every kernel's inputs and outputs; ``bytes_floor``: the weights read once,
-    the KV cache read once and the new token's K, V written (what a fused, preallocated-cache loop cannot avoid)."""
+    takes it: the LM on the KV cache, ``lm_head``, log-softmax, temperature, top-p and the draw. The cache is the
+    sampler's ``StaticCache`` of ``static_len`` positions (attention reads all of them, masked) or, with
+    ``static_len=0``, a DynamicCache grown by ``torch.cat`` (the per-pair loop SAGA had before). ``bytes_unfused``:
+    every kernel's inputs and outputs; ``bytes_floor``: the weights (less the embedding table) and the KV cache read
+    once, the new token's K, V written (what no loop over this cache can avoid)."""
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from methods.saga._rollout import _static_cache
 
     step = FakeStep()
     step.track(shape.supervisor.model.parameters())
@@ -358,6 +410,8 @@ def decode_counts(shape: Shape, rows: int, context: int) -> dict[str, float]:
     rope_rows = 3 if shape.family == "qwen3_vl" else 1
     with step, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         cache = grown_cache(sup, rows, context)
+        if static_len:
+            cache = _static_cache(sup, cache, 1, static_len)
         with step.phase("decode"):
             hidden = decode_hidden(sup, cache, rows, rope_rows, context)
             scores = model.lm_head(hidden[:, -1]).float()
@@ -375,7 +429,8 @@ def decode_counts(shape: Shape, rows: int, context: int) -> dict[str, float]:
         "context": context,
         "flops": float(step.flops["decode"]),
         "bytes_unfused": float(step.bytes["decode"]),
-        "bytes_floor": float(weights + rows * (context + 1) * kv_token),
+        "bytes_floor": float(weights + rows * (max(static_len, context) + 1) * kv_token),
         "kernels": float(step.kernels["decode"]),
-        "kv_cache_gib": rows * context * kv_token / GIB,
+        "kv_cache_gib": rows * max(static_len, context) * kv_token / GIB,
+        "cache": "static" if static_len else "dynamic",
     }

@@ -44,7 +44,8 @@ def step_seconds(run: dict, per_pair: dict, batched: dict, length: int, card: st
 
     micro = run["consumed"]
     today = micro * pairs * length * t(per_pair["flops"], per_pair["bytes_floor"])
-    together = micro * length * t(batched["flops"], batched["bytes_floor"])
+    calls = pairs * 8 / batched["rows"]  # decodes per micro-batch: P x G sequences, batched["rows"] at a time
+    together = micro * calls * length * t(batched["flops"], batched["bytes_floor"])
     rest = sum(t(run["flops"].get(k, 0), run["bytes"].get(k, 0)) for k in set(run["flops"]) | set(run["bytes"]))
     return {"decode_per_pair_s": today, "decode_batched_s": together, "other_phases_s": rest}
 
@@ -57,7 +58,9 @@ def dataset_hours(seconds_per_step: float) -> dict[str, float]:
 LAUNCH_S = 5e-6  # assumed per-kernel launch cost of an eager PyTorch loop on a GPU (an estimate, not a measurement)
 
 
-def measure(shape_name: str, lengths: list[int], micro_batches: list[int], card: str = "aircraft") -> dict[str, Any]:
+def measure(
+    shape_name: str, lengths: list[int], micro_batches: list[int], card: str = "aircraft", **method: Any
+) -> dict[str, Any]:
     """Every number the command prints: parameters, one step per (length, micro-batches) plus the gradient-norm
     step at the cap, and the decode-step counts at the mean context of each length."""
     shape = build_shape(shape_name, FakeStep())
@@ -65,13 +68,17 @@ def measure(shape_name: str, lengths: list[int], micro_batches: list[int], card:
     plan += [(length, max(micro_batches), True) for length in lengths]
     runs = []
     for length, m, diagnostic in plan:
-        runs.append(run_step(shape, length, m, diagnostic, card))
+        runs.append(run_step(shape, length, m, diagnostic, card, **method))
         print(_row(runs[-1]), flush=True)  # progress: a step takes a minute or two on a CPU
     prefix = runs[0]["prefix_tokens"]
     decode = {}
+    at_once = int(method.get("rollout_pairs_at_once") or 8) * 8  # P x G sequences decoded together
     for length in lengths:
-        context = prefix + length // 2
-        decode[length] = {"per_pair": decode_counts(shape, 8, context), "batched": decode_counts(shape, 64, context)}
+        mean = prefix + length // 2  # the per-pair loop's mean context; the static cache is prefix + L long
+        decode[length] = {
+            "per_pair": decode_counts(shape, 8, mean),
+            "batched": decode_counts(shape, at_once, mean, static_len=prefix + length),
+        }
     return {"shape": shape_name, "params": shape.counts(), "runs": runs, "decode": decode, "prefix_tokens": prefix}
 
 
@@ -135,13 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", default="800,1024", help="answer lengths L, comma-separated")
     parser.add_argument("--micro-batches", default="", help="micro-batches consumed (default 1..max_refill_batches+1)")
     parser.add_argument("--dataset", default="aircraft", help="dataset card that supplies the prompt")
+    parser.add_argument("--pairs-at-once", type=int, default=0, help="method.rollout_pairs_at_once (0: all P)")
+    parser.add_argument("--no-tower-checkpointing", action="store_true", help="backbone.activation_checkpointing=false")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
     from methods.saga import SAGAConfig
 
     lengths = [int(v) for v in args.lengths.split(",") if v]
     micro = [int(v) for v in args.micro_batches.split(",") if v] or list(range(1, SAGAConfig.max_refill_batches + 2))
-    result = measure(args.shape, lengths, micro, args.dataset)
+    options = {"rollout_pairs_at_once": args.pairs_at_once, "tower_checkpointing": not args.no_tower_checkpointing}
+    result = measure(args.shape, lengths, micro, args.dataset, **options)
     print(report(result))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
