@@ -27,6 +27,7 @@ CARDS = {
 #: Training images per dataset (docs/protocol.md §1: the train halves) and the saga protocol's 3 epochs of 64.
 DATASETS = {"aircraft": 5000, "cub": 5864, "cars": 8054, "inat_aves": 37150}
 EPOCHS, BATCH = 3, 64
+LAUNCH_S = 5e-6  # assumed per-kernel launch cost of an eager PyTorch loop on a GPU (an estimate, not a measurement)
 
 
 def step_seconds(run: dict, per_pair: dict, batched: dict, length: int, card: str, pairs: int = 8) -> dict:
@@ -47,7 +48,19 @@ def step_seconds(run: dict, per_pair: dict, batched: dict, length: int, card: st
     calls = pairs * 8 / batched["rows"]  # decodes per micro-batch: P x G sequences, batched["rows"] at a time
     together = micro * calls * length * t(batched["flops"], batched["bytes_floor"])
     rest = sum(t(run["flops"].get(k, 0), run["bytes"].get(k, 0)) for k in set(run["flops"]) | set(run["bytes"]))
-    return {"decode_per_pair_s": today, "decode_batched_s": together, "other_phases_s": rest}
+    launch_today = (
+        micro * pairs * length * max(t(per_pair["flops"], per_pair["bytes_floor"]), per_pair["kernels"] * LAUNCH_S)
+    )
+    launch_together = (
+        micro * calls * length * max(t(batched["flops"], batched["bytes_floor"]), batched["kernels"] * LAUNCH_S)
+    )
+    return {
+        "decode_per_pair_s": today,
+        "decode_batched_s": together,
+        "decode_per_pair_launch_s": launch_today,
+        "decode_batched_launch_s": launch_together,
+        "other_phases_s": rest,
+    }
 
 
 def dataset_hours(seconds_per_step: float) -> dict[str, float]:
@@ -55,7 +68,6 @@ def dataset_hours(seconds_per_step: float) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------- the command
-LAUNCH_S = 5e-6  # assumed per-kernel launch cost of an eager PyTorch loop on a GPU (an estimate, not a measurement)
 
 
 def measure(
@@ -102,17 +114,27 @@ def report(r: dict[str, Any]) -> str:
                 f"{c['bytes_floor'] / 1e9:6.1f} GB floor ({c['bytes_unfused'] / 1e9:6.1f} GB unfused), "
                 f"{c['kernels']:.0f} kernels, KV {c['kv_cache_gib']:.2f} GiB"
             )
-    lines.append("  estimated s/step (floors) and hours per dataset (3 epochs of 64), by micro-batches consumed:")
+    lines.append(
+        "  estimated s/step (floors; launch-bound: also >= kernels x 5 us per token step) and hours per dataset "
+        "(3 epochs of 64), by micro-batches consumed:"
+    )
     for length, d in r["decode"].items():
         for x in (x for x in r["runs"] if x["length"] == length and not x["grad_norm_step"]):
             for card in ("H100 SXM 80GB", "H200 141GB"):
                 est = step_seconds(x, d["per_pair"], d["batched"], length, card)
-                today = est["decode_per_pair_s"] + est["other_phases_s"]
-                batched = est["decode_batched_s"] + est["other_phases_s"]
-                hours = dataset_hours(batched)
+                rest = est["other_phases_s"]
+                today, batched = est["decode_per_pair_s"] + rest, est["decode_batched_s"] + rest
+                launched = est["decode_batched_launch_s"] + rest
                 lines.append(
-                    f"    L={length} mb={x['consumed']} {card:<14} per-pair loop {today:6.1f} s, batched {batched:6.1f} s"
-                    f" -> h: " + ", ".join(f"{k} {v:.2f}" for k, v in hours.items())
+                    f"    L={length} mb={x['consumed']} {card:<14} per-pair loop {today:6.1f} s "
+                    f"({est['decode_per_pair_launch_s'] + rest:6.1f} launch-bound), batched {batched:6.1f} s "
+                    f"({launched:6.1f} launch-bound) -> h batched (launch-bound): "
+                    + ", ".join(
+                        f"{k} {v:.2f} ({w:.2f})"
+                        for (k, v), w in zip(
+                            dataset_hours(batched).items(), dataset_hours(launched).values(), strict=True
+                        )
+                    )  # fmt: skip
                 )
     return "\n".join(lines)
 
