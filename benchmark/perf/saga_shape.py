@@ -102,7 +102,7 @@ class ShapeEncoder(nn.Module):
             enable_activation_checkpointing(tower, getattr(tower, "mllm_name", "tower"))
         else:
             for sub in tower.modules():
-                if getattr(sub, "supports_gradient_checkpointing", False) and sub.is_gradient_checkpointing:
+                if getattr(sub, "supports_gradient_checkpointing", False) and sub.is_activation_checkpointing:
                     sub.activation_checkpointing_disable()
 
     def backbone_parameters(self) -> list[nn.Parameter]:
