@@ -6,8 +6,8 @@ own SAGA step as the engine drives it: bf16 autocast around ``training_step`` (t
 fp32 master weights), the backward, gradient clipping and AdamW (``foreach``, CUDA's default). What is stubbed:
 
 - the answers: every sampled answer is exactly ``L`` tokens. The rollout phase still runs the project's
-  ``sample_rollouts`` (the image-and-prompt prefix, the shared KV cache, one sampling step) and then one decode step
-  of the project's ``_forward`` on a KV cache grown to the full ``prefix + L`` length, the peak of a real rollout;
+  ``sample_rollouts`` on the call's pairs (their prefixes, the ``StaticCache`` of ``prefix + L`` positions, one
+  decode step: the loop's peak, the same at every position), then returns answers of ``L`` tokens;
 - the rewards (``verdict_reward``): they vary within every pair of the last micro-batch and are all 1 before it, so a
   step consumes exactly the requested number of micro-batches;
 - the tokenizer: the real one is not in this environment; the chat layout and special-token ids are the
