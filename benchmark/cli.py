@@ -25,8 +25,11 @@ commands:
   sweep SPEC [--dry-run | --local [--max-parallel N]] [--sweep-dir DIR] [--allow-dirty] [--force]
                              submit a sweep (sweeps/*.yaml) to SLURM as a job array and return; --local runs it here
   status SWEEP_DIR [--json]  pending / running / done / failed per cell, with errors and log tails
-  leaderboard DIRS... [--out leaderboard/]
+  leaderboard DIRS... --out DIR [--force]
                              gather run records into Markdown/LaTeX/CSV/HTML tables and figures
+  export RUN_DIR --out DIR [--onnx] [--force]
+                             a finished run's encoder as model.safetensors + config.json + model card (Hugging Face
+                             Hub layout); load it with run method=pretrained backbone=exported backbone.checkpoint=DIR
   world-report RUNS_DIR --out DIR
                              attribute-world results: R@K and per-attribute linear probes per method row
   supervisor build|show      build (or show the card of) the trained tiny SAGA supervisor of the 'attributes'
@@ -104,8 +107,20 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmark.engine.control import StopRequested
     from benchmark.sweeps.submit import main as sweep_main
 
+    try:
+        return _sweep(sweep_main, args)
+    except StopRequested as stop:  # Ctrl-C / SIGTERM on sweep --local: the cells checkpointed and stopped
+        print(str(stop), file=sys.stderr)
+        return stop.exit_status
+    except KeyboardInterrupt:  # before any cell started (while the cells were composed)
+        print("Interrupted before any cell started; nothing is running. Run the same command again.", file=sys.stderr)
+        return 130
+
+
+def _sweep(sweep_main: Callable[..., int], args: argparse.Namespace) -> int:
     return sweep_main(
         args.spec,
         sweep_dir=args.sweep_dir,
@@ -143,6 +158,23 @@ def _cmd_neighbours(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import shlex
+
+    from benchmark.engine.export import ExportError, export_run
+
+    argv = ["python -m benchmark export", shlex.quote(args.run_dir), "--out", shlex.quote(args.out)]
+    argv += ["--onnx"] * args.onnx + ["--force"] * args.force
+    try:
+        written = export_run(args.run_dir, args.out, force=args.force, onnx=args.onnx, command=" ".join(argv))
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from benchmark.sweeps.status import main as status_main
 
@@ -157,6 +189,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "sweep": (_cmd_sweep, "submit a sweep to SLURM (or run it here with --local)"),
     "status": (_cmd_status, "show the state of every cell of a sweep"),
     "neighbours": (_cmd_neighbours, "several runs' neighbour galleries side by side on the same queries"),
+    "export": (_cmd_export, "export a finished run's encoder (safetensors, config, model card; ONNX for timm)"),
     "world-report": (_cmd_world_report, "per-attribute probe and Recall@K report of an attributes-world sweep"),
 }
 
@@ -228,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help=COMMANDS["status"][1])
     p.add_argument("sweep_dir", help="the sweep directory printed at submission")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p = sub.add_parser("export", help=COMMANDS["export"][1])
+    p.add_argument("run_dir", help="a completed run directory (<out_dir>/<dataset>/<method>/<run_name>/)")
+    p.add_argument("--out", required=True, help="the directory to write (must be new or empty, unless --force)")
+    p.add_argument(
+        "--onnx", action="store_true", help="also write model.onnx (timm backbones; checked with onnxruntime)"
+    )
+    p.add_argument("--force", action="store_true", help="replace an --out directory that is not empty")
     p = sub.add_parser("world-report", help=COMMANDS["world-report"][1])
     p.add_argument("runs_dir", help="a directory of run records (e.g. a sweep directory's runs/)")
     p.add_argument("--out", required=True, help="where results.csv, summary.md and probe.png go")
@@ -261,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message is the whole story for a user (no traceback)."""
+    from benchmark.data.cards import CardError
     from benchmark.engine.encoder import BackboneWeightsError
     from benchmark.engine.preflight import RunDirectoryError
     from benchmark.engine.trainer import TrainingError
@@ -268,8 +309,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from benchmark.sweeps.manifest import DirtyTreeError
     from benchmark.sweeps.spec import SpecError
 
-    errors: list[type[BaseException]] = [BackboneWeightsError, TrainingError, ClusterError, DirtyTreeError, SpecError]
-    errors.append(RunDirectoryError)
+    errors: list[type[BaseException]] = [
+        CardError,
+        BackboneWeightsError,
+        TrainingError,
+        ClusterError,
+        DirtyTreeError,
+        SpecError,
+        RunDirectoryError,
+    ]
     try:
         from benchmark.evaluation.gallery import GalleryError
         from benchmark.evaluation.metrics import ScoreInputError

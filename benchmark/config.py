@@ -30,6 +30,7 @@ from benchmark.engine.checks import (
     ks_problem,
     missing_device,
     override_problem,
+    path_component_problem,
     unwritable_reason,
     value_problem,
     warmup_problem,
@@ -44,6 +45,7 @@ class DatasetConfig:
     strict: bool = True  # false: count mismatches warn instead of failing (miniature or partial copies)
     val_fraction: float = 0.2  # training classes carved off (class-disjoint) for model selection
     options: dict[str, Any] = field(default_factory=dict)  # reader options (embedded datasets: size, seed)
+    card: str | None = None  # a card file outside datasets/ (benchmark/data/cards.py); selects dataset=<its name>
 
 
 @dataclass
@@ -158,6 +160,7 @@ NON_RESULT_KEYS = (
     "train.checkpoint_every",  # when checkpoints are written, not what is trained (a resumed run ends the same)
     "eval.batch_size",
     "eval.backend",
+    "dataset.card",  # where the card file lies, not what it says (its name, split and counts are in the config)
     "eval.attribute_probe",  # an extra measurement on the same model: same run, and older runs keep their hash
     "backbone.activation_checkpointing",  # memory, not maths: the same gradients recomputed in backward
     "eval.gallery",  # files beside the record, from the same test embeddings
@@ -250,7 +253,10 @@ def compose_config(overrides: list[str] | None = None, cache: ComposeCache | Non
     ``cache`` (a :class:`benchmark.compose_cache.ComposeCache`) lets many configs (a sweep's cells) share what they
     have in common: the same config comes out, composed once per set of group choices instead of once per call.
     """
-    overrides = _prepare_overrides(overrides or [])
+    from benchmark.data.base import DATASETS_DIR, reader_names
+    from benchmark.data.cards import use_card_file
+
+    overrides = _prepare_overrides(use_card_file(overrides or [], DATASETS_DIR, reader_names()))
     if cache is None or not cache.registered:
         register_configs()
         if cache is not None:
@@ -363,7 +369,7 @@ def _check_sampler(cfg: DictConfig, card: dict[str, Any]) -> None:
 QUOTE_HINT = "Overrides are key=value; quote a value holding special characters: key='value'."
 #: Keys whose values are names or paths: quoted for Hydra's override grammar when they hold spaces, commas,
 #: non-ASCII letters or other characters the grammar reserves, so such paths simply work.
-PATH_KEYS = ("out_dir", "run_name", "dataset.root", "backbone.checkpoint", "backbone.name")
+PATH_KEYS = ("out_dir", "run_name", "dataset.root", "dataset.card", "backbone.checkpoint", "backbone.name")
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./~+@:-]*")
 
 
@@ -456,6 +462,8 @@ def _validate(cfg: DictConfig) -> None:
     reason = unwritable_reason(cfg.out_dir)
     if reason:
         raise ConfigError(f"out_dir={cfg.out_dir}: {reason}. Pass out_dir=DIR, a directory you can write to.")
+    if cfg.run_name is not None:
+        _raise_if(path_component_problem("run_name", cfg.run_name, "out_dir/<dataset>/<method>/"))
 
 
 def _raise_if(problem: str | None) -> None:

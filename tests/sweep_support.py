@@ -149,9 +149,9 @@ def _log_writes(log: Path) -> None:
             handle.write(f"{rank} {Path(path).name}\n")
         return write_json(path, obj)
 
-    def logged_save(obj, path, *args, **kwargs):
+    def logged_save(obj, path, *args, **kwargs):  # path: a file name, or the open file checkpoints.write passes
         with open(log, "a") as handle:
-            handle.write(f"{rank} {Path(path).name}\n")
+            handle.write(f"{rank} {Path(getattr(path, 'name', path)).name}\n")
         return save(obj, path, *args, **kwargs)
 
     records.write_json_atomic, torch.save = logged_write_json, logged_save

@@ -349,9 +349,9 @@ def test_litter_of_interrupted_writes_is_removed_on_the_next_start(tiny_override
 def test_a_full_disk_gives_a_one_line_error_and_marks_the_record_failed(tiny_overrides, monkeypatch, capsys):
     overrides = [*tiny_overrides, "train.epochs=1", "eval.selection=last"]
 
-    def full_disk(obj, path, *args, **kwargs):
-        Path(path).write_bytes(b"\0" * 100_000)  # what fitted before the disk filled
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    def full_disk(obj, handle, *args, **kwargs):  # checkpoints.write hands torch.save an open file
+        handle.write(b"\0" * 100_000)  # what fitted before the disk filled
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), handle.name)
 
     monkeypatch.setattr(torch, "save", full_disk)
     rc, err = run_cli(["run", *overrides], capsys)

@@ -105,12 +105,25 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def list_cards() -> dict[str, dict[str, Any]]:
-    """Every dataset card in ``datasets/``, by name."""
-    cards = {}
-    for path in sorted(DATASETS_DIR.glob("*.yaml")):
-        card = yaml.load(path.read_text(), Loader=_YAML_LOADER)
-        cards[card["name"]] = card
-    return cards
+    """Every dataset card by name: ``datasets/``, then the user's (:mod:`benchmark.data.cards`)."""
+    from benchmark.data.cards import collect
+
+    return collect(DATASETS_DIR, reader_names())[0]
+
+
+def card_sources() -> dict[str, tuple[str, Path]]:
+    """Where each card came from, by name: ``(origin, path)``, origin ``shipped``, ``$DML_BENCHMARK_CARDS`` or
+    ``dataset.card``."""
+    from benchmark.data.cards import collect
+
+    return collect(DATASETS_DIR, reader_names())[1]
+
+
+def reader_names() -> list[str]:
+    """The registered reader names (what a card's ``reader:`` may say)."""
+    import benchmark.data.readers  # noqa: F401  (registers the built-in readers)
+
+    return sorted(_READERS)
 
 
 def load_card(name: str) -> dict[str, Any]:
@@ -133,12 +146,14 @@ def load_split_file(card: dict[str, Any]) -> dict[str, Any]:
     spec = card.get("split") or {}
     if "file" not in spec:
         return {}
-    path = DATASETS_DIR / spec["file"]
+    origin = card_sources().get(card["name"])
+    card_path = origin[1] if origin else DATASETS_DIR / f"{card['name']}.yaml"
+    path = card_path.parent / spec["file"]  # a split file lies beside its card
     if not path.exists():
-        raise DatasetError(f"Split file {path} named by the '{card['name']}' card is missing from the repository.")
+        raise DatasetError(f"Split file {path} named by the '{card['name']}' card ({card_path}) is missing.")
     if spec.get("sha256") and sha256_file(path) != spec["sha256"]:
         raise DatasetError(
-            f"Split file {path} does not match the checksum in datasets/{card['name']}.yaml: the split was edited. "
+            f"Split file {path} does not match the checksum in {card_path}: the split was edited. "
             "Splits are versioned: add a new split file with a new version instead of editing one."
         )
     return yaml.safe_load(path.read_text())

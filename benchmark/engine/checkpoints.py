@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -80,20 +81,50 @@ def non_finite_count(*state_dicts: dict[str, Any]) -> int:
 
 
 def write(state: dict[str, Any], path: Path) -> Path:
-    """Save ``state`` to ``path`` through ``<name>.tmp`` and ``os.replace``; a failed write leaves no temporary."""
+    """Save ``state`` to ``path`` through ``<name>.tmp`` and ``os.replace``; a failed write leaves no temporary.
+
+    Any failure becomes a :class:`TrainingError` in one line: torch reports a full disk as a ``RuntimeError``
+    (``[enforce fail at inline_container.cc:...]``), not an ``OSError``. An interrupt (a second Ctrl-C) removes
+    the temporary too and goes on as it is.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     try:
-        torch.save(state, tmp)
+        # Through a file object of our own: torch's writer keeps a path it opened until it is garbage-collected, and
+        # the error's traceback keeps it alive, so the space of an unlinked temporary would stay used.
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except Exception as err:
         tmp.unlink(missing_ok=True)
         kept = f"{path} is kept as it was" if path.exists() else f"no earlier {path.name} exists"
         raise TrainingError(
-            f"Could not write checkpoint {path}: {err.strerror or err}. {kept}. Free space (or choose another "
-            "out_dir) and run the same command again: it resumes from the last checkpoint written."
+            f"Could not write checkpoint {path}: {write_error_reason(err)}{free_space(path.parent)}. {kept}. Free "
+            "space (or choose another out_dir) and run the same command again: it resumes from the last checkpoint "
+            "written."
         ) from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_error_reason(err: BaseException) -> str:
+    """Why a write failed, in one line: the OS's words, else the first line of the library's message."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def free_space(directory: Path) -> str:
+    """`` (N MB free there)``, or nothing when the file system cannot say."""
+    try:
+        return f" ({shutil.disk_usage(directory).free / 1e6:.1f} MB free there)"
+    except OSError:
+        return ""
 
 
 def read(path: Path, device: torch.device | str = "cpu", config_hash: str | None = None, mmap: bool = False) -> dict:

@@ -43,6 +43,38 @@ def unwritable_reason(path: str | os.PathLike) -> str | None:
     return None
 
 
+#: The longest name accepted as one path component, in UTF-8 bytes: file systems allow 255, and a run directory moved
+#: aside by ``force=true`` gains ``.old-YYYYmmdd-HHMMSS``.
+MAX_NAME_BYTES = 200
+
+
+def path_component_problem(key: str, value: Any, root: str) -> str | None:
+    """Why ``value`` cannot be one directory name inside ``root`` (``run_name``, a sweep's ``name``), or None.
+
+    A name is one component: no ``/`` or ``\\``, not ``.`` or ``..``, no control characters, at most
+    :data:`MAX_NAME_BYTES` bytes. So it never leads outside its root, and never overwrites another directory.
+    """
+    text = str(value)
+    problem = None
+    if not text.strip():
+        problem = "it is empty"
+    elif text in (".", ".."):
+        problem = f"'{text}' names a directory outside (or instead of) a run of its own"
+    elif "/" in text or "\\" in text:
+        problem = "it holds a path separator, so it would lead elsewhere than a directory of its own"
+    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        problem = "it holds a control character"
+    elif len(text.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        problem = f"it is {len(text.encode('utf-8', 'surrogateescape'))} bytes long (at most {MAX_NAME_BYTES})"
+    if problem is None:
+        return None
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return (
+        f"{key}={shown!r} is not valid: {problem}. It names one directory inside {root}: give a plain name such as "
+        f"{key}=baseline-lr1e-3 (to write elsewhere, change out_dir)."
+    )
+
+
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from benchmark.data.base import list_cards
+from benchmark.data.base import card_sources, list_cards
+from benchmark.data.cards import ENV_VAR
 from benchmark.engine.encoder import list_backbone_kinds
 from benchmark.engine.protocols import describe_protocols
 from benchmark.registry import list_methods
@@ -19,6 +20,7 @@ def listing_lines() -> list[str]:
         if recommended:
             lines.append(f"  {'':<20} recommended: {' '.join(f'{k}={v}' for k, v in recommended.items())}")
     lines.append("datasets:")
+    sources = card_sources()
     for name, card in list_cards().items():
         counts = card.get("expected") or {}
         where = "embedded, no download" if card.get("needs_root") is False else "needs dataset.root"
@@ -26,6 +28,9 @@ def listing_lines() -> list[str]:
             f"  {name:<20} {card.get('title', '')} — {counts.get('classes', '?')} classes, "
             f"{counts.get('images', '?')} images ({where}; protocol {card.get('protocol', 'none')})"
         )
+        origin, path = sources.get(name, ("?", None))
+        lines.append(f"  {'':<20} card: {path} ({origin})")
+    lines.append(f"  {'':<20} (your own cards: a directory named by ${ENV_VAR}, or dataset.card=FILE)")
     lines.append("protocols (protocol=NAME; sweeps/protocols/NAME.yaml):")
     lines += describe_protocols()
     lines.append("backbones:")

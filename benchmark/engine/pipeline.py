@@ -6,6 +6,9 @@ the middle of an epoch sees exactly the batches and crops an uninterrupted run w
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing.util  # its exit handler is registered on import: ours (below) must come after it
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +70,11 @@ def open_image(item: str | np.ndarray) -> Image.Image:
     try:
         with Image.open(item) as img:
             return img.convert("RGB")
+    except Image.DecompressionBombError as err:  # a header claiming e.g. 20000x20000: refused before decoding
+        raise DatasetError(
+            f"Cannot read image {item}: its header claims more pixels than any real photograph here ({err}). The "
+            "file is corrupted or hostile: replace it from the official archive. Training does not skip images."
+        ) from None
     except (OSError, UnidentifiedImageError) as err:
         raise DatasetError(
             f"Cannot read image {item} ({err}). The file is missing or corrupted: replace it from the official "
@@ -78,20 +86,64 @@ def unwrap_worker_errors(loader: torch.utils.data.DataLoader):
     """Iterate ``loader``; a DatasetError raised in a worker process comes back as its own one-line message.
 
     (Hand-written: torch re-raises a worker's exception with the worker's traceback prepended to the message.)
+    Whatever ends the iteration (an error here, an error or a stop in the loop body) shuts the loader's worker
+    processes down at once: see :func:`shutdown_workers`.
     """
     iterator = iter(loader)
-    while True:
+    _LIVE_ITERATORS.add(iterator)
+    try:
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except DatasetError as err:
+                text = str(err).strip()
+                if "Original Traceback" not in text:
+                    raise
+                last = text.splitlines()[-1]
+                raise DatasetError(last.split(": ", 1)[1] if ": " in last else last) from None
+            yield batch
+    finally:
+        shutdown_workers(iterator)
+
+
+#: DataLoader iterators whose worker processes may still run (weak: a finished iterator is simply dropped).
+_LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+
+
+def shutdown_workers(iterator: Any) -> None:
+    """Stop a DataLoader iterator's worker processes now (no-op without workers).
+
+    Hand-written because torch only does this when the iterator is garbage-collected, and an exception's traceback
+    keeps it alive until the interpreter exits. Our workers ignore SIGTERM (:func:`ignore_stop_signals_in_worker`),
+    so multiprocessing's exit handler, which terminates daemonic children with SIGTERM and then joins them, would
+    wait for them forever: the run printed its error and never exited.
+    """
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    _LIVE_ITERATORS.discard(iterator)
+
+
+@atexit.register  # registered after multiprocessing's own exit handler (imported by torch), so it runs before it
+def _end_child_processes() -> None:
+    """At exit, end every worker process still alive: shut down live loaders, then kill what still runs.
+
+    Every child process ends when its parent does; a child that ignores SIGTERM gets SIGKILL after 5 s.
+    """
+    for iterator in list(_LIVE_ITERATORS):
         try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except DatasetError as err:
-            text = str(err).strip()
-            if "Original Traceback" not in text:
-                raise
-            last = text.splitlines()[-1]
-            raise DatasetError(last.split(": ", 1)[1] if ": " in last else last) from None
-        yield batch
+            shutdown_workers(iterator)
+        except Exception:  # exiting anyway: the kill below still ends the workers
+            pass
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.terminate()
+            child.join(timeout=5)
+            if child.is_alive():
+                child.kill()
+                child.join(timeout=5)
 
 
 class ImageDataset(Dataset):

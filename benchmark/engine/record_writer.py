@@ -59,6 +59,8 @@ class RecordWriter:
         train_s: float | None = None,
         eval_s: float | None = None,
         attribute_probe: dict[str, Any] | None = None,
+        compute: dict[str, Any] | None = None,
+        per_query: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         cfg, d = self.cfg, self.described
         record = {
@@ -94,9 +96,12 @@ class RecordWriter:
             "config_hash": config_hash(cfg),
             "config": self.config,
             "git": self.git,
+            **d.get("provenance", {}),  # method_code {hash, files}, starts [{started, git_sha, git_dirty, ...}]
             "versions": records.library_versions(),
             "timings": {"started": self.started, "updated": records.utc_now(), "train_s": train_s, "eval_s": eval_s},
             "evaluation": self.eval_settings,
+            "compute": compute,  # benchmark.engine.compute: device, peak memory, seconds, images/s, device-hours
+            "per_query": per_query,  # benchmark.evaluation.per_query: the test queries' R@1 hits (bootstrap CIs)
         }
         records.write_json_atomic(self.run_dir / "record.json", record)
         return record

@@ -15,6 +15,16 @@ class attributes or ``eval.attribute_probe=false``) holds the class-disjoint lin
 test embeddings, as :func:`benchmark.evaluation.attribute_probe.probe_attributes` returns it: ``accuracy {attribute:
 fraction}``, ``chance {attribute: fraction}``, ``mean_accuracy``, ``mean_chance``, ``skipped``, counts and settings;
 or ``{error}`` saying why it could not be computed (e.g. fewer than 4 test classes).
+
+``method_code`` and ``starts`` (optional additions to version 1, absent in older records): ``method_code`` is
+``{hash, files: {path: sha256}}`` of the method's source files (:mod:`benchmark.engine.provenance`); ``starts`` lists
+every start of the run, the first and each resume: ``{started, git_sha, git_dirty, resumed_from: {epoch, step} |
+null}``. ``git`` is the checkout of the latest start. A run is never resumed by other code of its method.
+
+``compute`` and ``per_query`` (optional additions to version 1: absent in older records) hold what the run cost
+(:mod:`benchmark.engine.compute`: device, peak memory, seconds per phase, training images/s, GPU-hours or CPU
+core-hours, per-session) and the test queries' Recall@1 hits (:mod:`benchmark.evaluation.per_query`), from which
+the leaderboard draws bootstrap intervals for one-seed comparisons.
 """
 
 from __future__ import annotations

@@ -53,12 +53,22 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
 
 
 def _run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
-    from benchmark.engine.preflight import preflight
-    from benchmark.engine.trainer import CheckpointError, Trainer, TrainingError, archive_finished_run
+    from benchmark.engine.locks import run_directory_lock
+    from benchmark.engine.trainer import Trainer
 
     started = time.time()
     # The run directory depends on card defaults resolved inside the Trainer, so look it up after building it.
     trainer = Trainer(cfg)
+    if not trainer.dist.is_main:  # another rank of a data-parallel run: rank 0 holds the directory's lock
+        return _run_locked(cfg, trainer, started)
+    with run_directory_lock(trainer.run_dir):  # a second process on this directory is refused, told who holds it
+        return _run_locked(cfg, trainer, started)
+
+
+def _run_locked(cfg: DictConfig, trainer: Any, started: float) -> tuple[dict[str, Any], Path]:
+    from benchmark.engine.preflight import preflight
+    from benchmark.engine.trainer import CheckpointError, Trainer, TrainingError, archive_finished_run
+
     preflight(trainer)  # a run directory in the way, or a split that cannot give a result: refused before training
     existing = records.read_record(trainer.run_dir)
     other = _other_config(trainer.run_dir, cfg, existing)

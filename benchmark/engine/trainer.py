@@ -22,9 +22,10 @@ from omegaconf import DictConfig
 
 from benchmark.config import config_hash
 from benchmark.data.base import DatasetSplits, carve_validation, load_dataset
-from benchmark.engine import checkpoints, distributed
+from benchmark.engine import checkpoints, distributed, provenance
 from benchmark.engine.backprop import Backprop
 from benchmark.engine.checkpoints import CheckpointError
+from benchmark.engine.compute import ComputeMeter
 from benchmark.engine.control import (  # noqa: F401 (re-exported: the sweeps and tests import them from here)
     _STOP,
     StopRequested,
@@ -53,6 +54,7 @@ from benchmark.engine.setup import (  # noqa: F401 (re-exported: the sweeps impo
     run_directory,
     seed_everything,
 )
+from benchmark.evaluation.per_query import per_query_section
 from benchmark.evaluation.run_outputs import write_run_outputs
 from benchmark.method import Method, TaskInfo
 from benchmark.registry import get_method
@@ -116,6 +118,8 @@ class Trainer:
         self._resumed = False
         self._final_eval = False  # a stop during the final evaluation stops at once (last.pt holds the training)
         self._saved: tuple[int, int] | None = None  # (epoch, step) of the last.pt this run holds
+        self.code = provenance.method_code(self.method_cls)  # checked on resume: the method's code must not change
+        self.starts: list[dict[str, Any]] = []  # one entry per start and resume (git SHA), kept in the checkpoint
 
     # ----------------------------------------------------------------- optimisation
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -143,6 +147,8 @@ class Trainer:
             "best": self.best,
             "epoch_sums": self.epoch_sums,
             "rng": checkpoints.rng_state(),
+            "code": self.code,
+            "starts": self.starts,
         }
 
     def save_checkpoint(self, name: str = "last.pt") -> Path:
@@ -183,6 +189,10 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         """Resume from ``path`` (weights-only; refused if unsafe, truncated, foreign or from another config)."""
         state = checkpoints.read(path, self.device, config_hash(self.cfg))
+        note = provenance.check_same_code(state, self.code, path, self.cfg.method.name)  # refuses other code
+        if note:
+            warnings.warn(note, stacklevel=2)
+        self.starts = list(state.get("starts") or [])
         try:
             self.encoder.load_state_dict(state["encoder"])
             self.method.load_state_dict(state["method"])
@@ -212,6 +222,7 @@ class Trainer:
             if self.best.get("epoch") is not None and best.exists():
                 checkpoints.read(best, "cpu", config_hash(self.cfg), mmap=True)
             print(f"Resuming {self.run_dir} from epoch {self.epoch} step {self.step_in_epoch}.", flush=True)
+        provenance.record_start(self.starts, (self.epoch, self.step_in_epoch) if checkpoint.exists() else None)
         if self.dist.is_main and self.run_dir.is_dir():  # accepted: only now is anything in the directory touched
             litter = checkpoints.remove_litter(self.run_dir)
             if litter:
@@ -355,6 +366,7 @@ class Trainer:
         """Train (resuming if a checkpoint exists), select, evaluate on test, and return the final record."""
         with stop_on_signals():  # SIGTERM / Ctrl-C: checkpoint at the next step, then StopRequested
             self.resume()  # refuses an unusable checkpoint before anything is written
+            self.compute = ComputeMeter(self.run_dir, self.device, self.dist.world_size)  # the record's cost
             recorder = (
                 RecordWriter(self.cfg, self.run_dir, self.splits.card, self.describe())
                 if self.dist.is_main
@@ -437,15 +449,22 @@ class Trainer:
             train_s=train_time,
             eval_s=time.time() - t0,
             attribute_probe=probe,
+            per_query=per_query_section(test_embeddings, test_labels, ecfg) if self.dist.is_main else None,
         )
 
     def _write(self, recorder, **fields: Any) -> dict[str, Any] | None:
-        return recorder.write(history=self.history, diagnostics=self.method.diagnostics(), **fields)
+        diagnostics, step = self.method.diagnostics(), self.epoch * self.steps_per_epoch + self.step_in_epoch
+        compute = self.compute.section(
+            step=step, batch_size=self.cfg.train.batch_size, steps_per_epoch=self.steps_per_epoch,
+            history=self.history, diagnostics=diagnostics, train_s=fields.get("train_s"), eval_s=fields.get("eval_s"),
+        )  # fmt: skip
+        return recorder.write(history=self.history, diagnostics=diagnostics, compute=compute, **fields)
 
     def describe(self) -> dict[str, Any]:
         """The record's fixed sections: backbone, data (transforms, normalisation), split sizes, method."""
-        return describe_run(self.cfg, self.encoder, self.transforms, self.train_split, self.splits.test,
-                            self.val_split, self.method_cls, self.param_group_info)  # fmt: skip
+        fixed = describe_run(self.cfg, self.encoder, self.transforms, self.train_split, self.splits.test,
+                             self.val_split, self.method_cls, self.param_group_info)  # fmt: skip
+        return fixed | {"provenance": {"method_code": self.code, "starts": self.starts}}
 
     def _attribute_probe(self, embeddings: np.ndarray, labels: np.ndarray) -> dict[str, Any] | None:
         """Linear probes of the dataset's class attributes on the test embeddings (None: off, or no attributes)."""

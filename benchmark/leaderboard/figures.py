@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from benchmark.leaderboard.keys import GROUP_KEYS, RECALL_KS
 from benchmark.leaderboard.render import LABELS, dataset_name, safe_stem, table_groups, write_atomic
@@ -108,6 +109,35 @@ def _gain(group: pd.DataFrame, reference: str, metric: str, title: str) -> Figur
     return fig
 
 
+def _cost(group: pd.DataFrame, metric: str, title: str) -> Figure | None:
+    """The metric (mean ± std over seeds) against the run's device-hours (mean over seeds), one point per entry;
+    None when no row of the table has a cost (older records). One unit per figure: the most common one."""
+    df = group[group["cost_hours_mean"].notna() & (group["cost_hours_mean"] > 0)]
+    if df.empty:
+        return None
+    unit = df["cost_unit"].mode().iloc[0]
+    df = df[df["cost_unit"] == unit]
+    scale = _scale(metric)
+    with sns.axes_style(_STYLE[0]), sns.plotting_context(_STYLE[1]):
+        fig = Figure(layout="constrained", figsize=(7.5, 4.5))
+        ax = fig.subplots()
+        palette = sns.color_palette("tab20", n_colors=max(len(df), 1))
+        for colour, (_, r) in zip(palette, df.sort_values("entry").iterrows(), strict=False):
+            std = r[f"{metric}_std"] * scale if np.isfinite(r[f"{metric}_std"]) else 0.0
+            label = _mpl(f"{r['entry']} ({dataset_name(r['dataset'])})")
+            ax.errorbar(r["cost_hours_mean"], r[f"{metric}_mean"] * scale, yerr=std, fmt="o", capsize=3,
+                        color=colour, label=label)  # fmt: skip
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor-tick labels overlap on a short log range
+        ax.set(
+            title=title,
+            xlabel=f"cost: {unit} per run (mean over seeds, log scale)",
+            ylabel=f"{LABELS[metric]}{'' if metric == 'nmi' else ' (%)'}",
+        )
+        ax.legend(title="method", bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False, fontsize="small")
+    return fig
+
+
 def _reported_bars(reported: pd.DataFrame) -> Figure | None:
     """Grouped bars of published R@1 with the published ± as error bars (drawn directly: values are given)."""
     df = reported[(reported["source"] == REPORTED_FIGURE_SOURCE) & (reported["metric"] == "recall@1")]
@@ -149,6 +179,9 @@ def write_figures(
         stem, what = f"runs_{safe_stem(phash)}_{safe_stem(rule)}", _mpl(f"protocol {phash}, selection {rule}")
         figs[f"{stem}_{_slug(metric)}"] = _bars(tr, metric, f"{LABELS[metric]}, mean ± std over seeds ({what})")
         figs[f"{stem}_recall-at-k"] = _recall_curves(tr, f"Recall@K, mean ± std over seeds ({what})")
+        cost = _cost(group, metric, f"{LABELS[metric]} against cost ({what})")
+        if cost is not None:
+            figs[f"{stem}_cost-{_slug(metric)}"] = cost
         if reference:
             gain = _gain(group, reference, metric, f"Gain over {_mpl(reference)} ({what})")
             if gain is not None:

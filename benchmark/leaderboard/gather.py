@@ -24,7 +24,10 @@ from typing import Any
 import pandas as pd
 
 from benchmark.engine.records import SCHEMA_VERSION
+from benchmark.leaderboard.cost import COST_COLUMNS, aggregate_cost, cost_fields
 from benchmark.leaderboard.keys import COMPARE_KEYS, GROUP_KEYS, METRICS, TABLE_KEYS
+from benchmark.leaderboard.significance import COLUMNS as SIGNIFICANCE_COLUMNS
+from benchmark.leaderboard.significance import add_significance
 
 COMMAND = "python -m benchmark leaderboard"
 SELECTION_RULES = ("val", "last", "test")
@@ -36,6 +39,7 @@ RUN_COLUMNS = [
     "path", "run_id", "dataset", "method", "backbone", "backbone_source", "embedding_dim", "pooling", "image_size",
     "train_transform", "test_transform", "selection_rule", "selection_metric", "selection_epoch", "protocol_hash",
     "protocol_version", "config_hash", "seed", *METRICS, "git_sha", "git_dirty", "finished",
+    *COST_COLUMNS,
 ]  # fmt: skip
 _DESCRIPTIVE = ["backbone_source", "pooling", "image_size", "train_transform", "test_transform", "protocol_version"]
 
@@ -47,6 +51,7 @@ TEXT_COLUMNS = {
     "path", "run_id", "dataset", "method", "backbone", "backbone_source", "pooling", "train_transform",
     "test_transform", "selection_rule", "selection_metric", "protocol_hash", "config_hash", "git_sha", "finished",
     "seeds", "git_shas", "entry", "reason", "source", "title", "citation", "notes", "file", "metric", "unit",
+    "device", "cost_unit", "sig_metric", "sig_test",
 }  # fmt: skip
 
 
@@ -195,6 +200,7 @@ def _row(path: Path, rec: dict, row: dict, backbone: dict, selection: dict, prot
         git_sha=_scalar(git.get("sha")),
         git_dirty=_scalar(git.get("dirty")),
         finished=_scalar(timings.get("finished") or timings.get("updated")),
+        **cost_fields(rec.get("compute")),
     )
     return row
 
@@ -250,7 +256,7 @@ def gather(paths: Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, list[dict[
     return runs, sorted(skipped, key=lambda s: (s["path"], s["reason"]))
 
 
-def aggregate(runs: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
+def aggregate(runs: pd.DataFrame, reference: str | None = None, metric: str = "recall@1") -> pd.DataFrame:
     """Mean and sample std (ddof=1) over seeds per configuration, with seed counts, flags and deltas.
 
     One row per (protocol, selection rule, dataset, backbone, embedding size, method, config hash), sorted in that
@@ -258,11 +264,15 @@ def aggregate(runs: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
     :data:`METRICS` (fractions), ``fewer_seeds`` (fewer seeds than the most in the same table), ``entry`` (a label
     unique within its comparison group) and, with ``reference``, ``delta_<metric>`` = mean − the reference
     method's mean in the same (dataset, protocol, selection rule, backbone, embedding size) group (NaN where that
-    group has no reference row, or several configurations of it).
+    group has no reference row, or several configurations of it), and the significance of each row's ``metric``
+    difference (:mod:`benchmark.leaderboard.significance`: Welch's t and Holm's p, or a bootstrap interval).
+    Cost columns: :mod:`benchmark.leaderboard.cost`.
     """
     means = [f"{m}_mean" for m in METRICS]
     cols = [*GROUP_KEYS, *_DESCRIPTIVE, "n_seeds", "seeds", *(c for m in METRICS for c in (f"{m}_mean", f"{m}_std"))]
     cols += ["git_shas", "fewer_seeds", "entry"] + ([f"delta_{m}" for m in METRICS] if reference else [])
+    cols += ["cost_hours_mean", "cost_unit", "peak_memory_gb_mean", "train_images_per_s_mean", "device"]
+    cols += SIGNIFICANCE_COLUMNS if reference else []
     if runs.empty:
         return pd.DataFrame(columns=cols)
     if reference is not None and reference not in set(runs["method"]):
@@ -277,7 +287,7 @@ def aggregate(runs: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
         out[f"{m}_mean"] = g[m].mean()
         out[f"{m}_std"] = g[m].std(ddof=1)
     out["git_shas"] = g["git_sha"].agg(lambda s: ",".join(sorted({str(x)[:10] for x in s if x})))
-    out = out.reset_index()
+    out = aggregate_cost(out, g).reset_index()
     out["fewer_seeds"] = out["n_seeds"] < out.groupby(TABLE_KEYS)["n_seeds"].transform("max")
     # A method shown twice in one comparison group (two configurations) is told apart by its config hash.
     repeats = out.groupby([*COMPARE_KEYS, "method"])["config_hash"].transform("nunique") > 1
@@ -288,26 +298,30 @@ def aggregate(runs: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
         merged = out[COMPARE_KEYS].merge(ref[[*COMPARE_KEYS, *means]], on=COMPARE_KEYS, how="left")
         for m in METRICS:
             out[f"delta_{m}"] = out[f"{m}_mean"].to_numpy() - merged[f"{m}_mean"].to_numpy()
+        out = add_significance(out, runs, reference, metric)
     return out[cols].reset_index(drop=True)
 
 
 def build_leaderboard(
     paths: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike = "leaderboard",
+    out_dir: str | os.PathLike,
     reference: str | None = None,
     formats: Iterable[str] = FORMATS,
     metric: str = "recall@1",
     reported_dir: str | os.PathLike | None = DEFAULT_REPORTED_DIR,
     command: str | None = None,
+    force: bool = False,
 ) -> dict[str, Path]:
     """Gather, aggregate and write the leaderboard into ``out_dir``; returns ``{name: written path}``.
 
     ``formats`` is any of :data:`FORMATS`; ``metric`` is the one the figures and the gain plot show;
     ``reported_dir`` holds the published numbers (None: leave them out); ``command`` is the regeneration command
-    printed in the README (default: rebuilt from the arguments).
+    printed in the README (default: rebuilt from the arguments). Files in ``out_dir`` that an earlier build did not
+    write (or that changed since) are never replaced or deleted unless ``force`` (:mod:`benchmark.leaderboard.outdir`).
     """
     from benchmark.leaderboard import figures, render
     from benchmark.leaderboard.html import to_html
+    from benchmark.leaderboard.outdir import check_out_dir, record_written
     from benchmark.leaderboard.reported import load_reported
 
     formats = set(formats)
@@ -322,9 +336,10 @@ def build_leaderboard(
     reason = unwritable_reason(out)
     if reason:  # before reading anything, so a long gather does not end in a failed write
         raise ValueError(f"--out {out}: {reason}. Pass --out DIR, a directory you can write to.")
+    check_out_dir(out, formats, force)  # nothing a user already has is replaced without --force
     runs, skipped = gather(paths)
     warn_skipped(skipped)
-    agg = aggregate(runs, reference)
+    agg = aggregate(runs, reference, metric)
     reported = load_reported(reported_dir) if reported_dir is not None else None
     out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be usable
     if command is None:
@@ -346,6 +361,7 @@ def build_leaderboard(
         written["html"] = render.write_atomic(out / "leaderboard.html", to_html(ctx))
     if "md" in formats:
         written["md"] = render.write_atomic(out / "README.md", render.to_markdown(ctx))
+    record_written(out, written.values())
     return written
 
 
@@ -356,7 +372,14 @@ def make_parser() -> argparse.ArgumentParser:
         description="Gather run records into comparison tables (Markdown, LaTeX, CSV, HTML) and figures.",
     )
     parser.add_argument("paths", nargs="*", help="run or sweep directories, or record.json files (none: reported only)")
-    parser.add_argument("--out", default="leaderboard", help="output directory (default: leaderboard/)")
+    parser.add_argument(
+        "--out", required=True, help="output directory (required: a build never lands in a directory by default)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files in --out that an earlier build did not write (or that changed)",
+    )
     parser.add_argument("--reference", default=None, help="method the deltas and the gain figure compare against")
     parser.add_argument("--metric", default="recall@1", choices=METRICS, help="metric of the figures (default R@1)")
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
@@ -379,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             metric=args.metric,
             reported_dir=None if args.no_reported else args.reported,
             command=command,
+            force=args.force,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

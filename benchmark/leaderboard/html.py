@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+from benchmark.leaderboard import significance
+from benchmark.leaderboard.cost import fmt_cost
 from benchmark.leaderboard.keys import GROUP_KEYS, METRICS
 from benchmark.leaderboard.render import (
     LABELS,
@@ -133,9 +135,10 @@ def _ours(ctx: Context) -> list[str]:
     galleries = _gallery_links(ctx)
     for (phash, rule), group in table_groups(ctx.agg):
         header = [(h, True) for h in ("Dataset", "Method", "Backbone")] + [("Dim", False), ("Seeds", False)]
-        header += [(LABELS[m], False) for m in METRICS]
+        header += [(LABELS[m], False) for m in METRICS] + [("Cost", False)]
         if ctx.reference and delta in group:
             header.append((f"Δ{LABELS[ctx.metric]} vs {ctx.reference}", False))
+            header += [(h, False) for h in significance.HEADER]
         with_links = any(i in galleries for i in group.index)  # a column only where some run has a gallery
         if with_links:
             header.append(("Neighbours", True))
@@ -148,9 +151,13 @@ def _ours(ctx: Context) -> list[str]:
             for m in METRICS:
                 cls = {1: "best", 2: "second"}.get(rk.loc[i, m], "")
                 cells.append(_td(fmt_cell(m, r[f"{m}_mean"], r[f"{m}_std"], n), r[f"{m}_mean"], cls))
+            cost = r.get("cost_hours_mean")
+            cells.append(_td(fmt_cost(cost, r.get("cost_unit")), cost if isinstance(cost, float) else None))
             if len(header) > len(cells) + with_links:
                 d = r[delta]
                 cells.append(_td(MISSING if r["method"] == ctx.reference else fmt(ctx.metric, d, signed=True), d))
+                p_welch, p_holm, ci = significance.cells(r, 100.0)
+                cells += [_td(p_welch, r.get("welch_p")), _td(p_holm, r.get("holm_p")), _td(ci, r.get("ci_low"))]
             if with_links:
                 cells.append(_links_td(galleries.get(i, [])))
             rows.append(f'<tr data-dataset="{_e(r["dataset"])}">{"".join(cells)}</tr>')
@@ -160,6 +167,8 @@ def _ours(ctx: Context) -> list[str]:
         out += ["<tbody>", *rows, "</tbody></table></div>"]
         if group["fewer_seeds"].any():
             out.append('<p class="note">* fewer seeds than other rows of this table.</p>')
+        if ctx.reference and delta in group:
+            out.append(f'<p class="note">{_e(significance.note(LABELS[ctx.metric], ctx.reference))}</p>')
     return out
 
 
@@ -203,7 +212,8 @@ def to_html(ctx: Context) -> str:
     body = ["<h1>Leaderboard</h1>", f'<p class="note">Regenerate with <code>{_e(ctx.command)}</code>. ']
     body[-1] += (
         "R@K, MAP@R and RP in percent, NMI as a fraction; mean ± sample std over seeds; bold = best, underlined = "
-        "second within a dataset, backbone and embedding size. Click a column header to sort.</p>"
+        "second within a dataset, backbone and embedding size. Cost: device-hours of the run, mean over seeds (GPU-h: "
+        "wall hours × GPUs; CPU core-h: measured CPU time). Click a column header to sort.</p>"
     )
     body.append(f'<p><label for="dataset-filter">Dataset: </label><select id="dataset-filter">{options}</select></p>')
     body.append("<h2>Our runs</h2>")

@@ -17,6 +17,8 @@ from urllib.parse import quote
 import pandas as pd
 
 from benchmark.engine.records import write_atomic
+from benchmark.leaderboard import significance
+from benchmark.leaderboard.cost import fmt_cost
 from benchmark.leaderboard.keys import COMPARE_KEYS, METRICS, TABLE_KEYS
 
 LABELS = {
@@ -122,20 +124,22 @@ def table_title(protocol_hash: str, rule: str, version: object) -> str:
 
 def our_table(ctx: Context, group: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[int]]]:
     """Header, cell strings and per-cell rank (0 none, 1 best, 2 second) for one of our tables."""
-    header = ["Dataset", "Method", "Backbone", "Dim", "Seeds", *(LABELS[m] for m in METRICS)]
+    header = ["Dataset", "Method", "Backbone", "Dim", "Seeds", *(LABELS[m] for m in METRICS), "Cost"]
     delta = f"delta_{ctx.metric}"
     if ctx.reference and delta in group:
-        header.append(f"Δ{LABELS[ctx.metric]} vs {ctx.reference}")
+        header += [f"Δ{LABELS[ctx.metric]} vs {ctx.reference}", *significance.HEADER]
     rk = ranks(ctx.agg).loc[group.index]
     rows, marks = [], []
     for i, r in group.iterrows():
         cells = [dataset_name(r["dataset"]), r["entry"], r["backbone"], str(int(r["embedding_dim"]))]
         cells.append(f"{int(r['n_seeds'])}{' *' if r['fewer_seeds'] else ''}")
         cells += [fmt_cell(m, r[f"{m}_mean"], r[f"{m}_std"], int(r["n_seeds"])) for m in METRICS]
-        mark = [0] * 5 + [int(x) if x in (1, 2) else 0 for x in rk.loc[i, list(METRICS)]]
+        cells.append(fmt_cost(r.get("cost_hours_mean"), r.get("cost_unit")))
+        mark = [0] * 5 + [int(x) if x in (1, 2) else 0 for x in rk.loc[i, list(METRICS)]] + [0]
         if len(header) > len(cells):
             cells.append(MISSING if r["method"] == ctx.reference else fmt(ctx.metric, r[delta], signed=True))
-            mark.append(0)
+            cells += significance.cells(r, 100.0)
+            mark += [0] * (1 + len(significance.HEADER))
         rows.append(cells)
         marks.append(mark)
     return header, rows, marks
@@ -144,13 +148,18 @@ def our_table(ctx: Context, group: pd.DataFrame) -> tuple[list[str], list[list[s
 def details_table(group: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """What each row of one of our tables ran: config hash, pooling, image size, transforms, source, seeds, git."""
     header = ["Dataset", "Method", "Config", "Pooling", "Image", "Train transform", "Test transform", "Backbone source"]
-    header += ["Seeds", "Git"]
+    header += ["Seeds", "Git", "Device", "Peak memory (GiB)", "Train img/s"]
     rows = []
     for _, r in group.iterrows():
         vals = [dataset_name(r["dataset"]), r["entry"], r["config_hash"], r["pooling"], r["image_size"]]
         vals += [r["train_transform"], r["test_transform"], r["backbone_source"], r["seeds"], r["git_shas"]]
+        vals += [r.get("device"), _fixed(r.get("peak_memory_gb_mean"), 2), _fixed(r.get("train_images_per_s_mean"), 0)]
         rows.append([MISSING if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in vals])
     return header, rows
+
+
+def _fixed(value: object, digits: int) -> str | None:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def reported_tables(reported: pd.DataFrame) -> list[dict]:
@@ -218,6 +227,8 @@ def to_markdown(ctx: Context) -> str:
         "R@K, MAP@R and R-Precision (RP) are in percent, NMI is a fraction. Our rows give the mean ± sample standard "
         "deviation (ddof = 1) over seeds; **bold** is the best mean within a dataset, backbone and embedding size. "
         "Each table holds one protocol hash and one checkpoint-selection rule: tables are never merged. "
+        "Cost: the run's device-hours, mean over seeds (GPU-h: wall hours × GPUs; CPU core-h: measured CPU time; "
+        "training and evaluation; – for records written before cost was recorded). "
         "Published numbers are in their own section below and are never ranked with our runs.",
         "",
         "## Our runs",
@@ -233,7 +244,8 @@ def to_markdown(ctx: Context) -> str:
             out += ["\\* fewer seeds than other rows of this table.", ""]
         if ctx.reference:
             out += [
-                f"Δ: difference in {LABELS[ctx.metric]} (points) to {md_escape(ctx.reference)} in the same group.",
+                f"Δ: difference in {LABELS[ctx.metric]} (points) to {md_escape(ctx.reference)} in the same group. "
+                + md_escape(significance.note(LABELS[ctx.metric], ctx.reference)),
                 "",
             ]
         out += [
@@ -315,7 +327,13 @@ def _latex_tabular(header: list[str], rows: list[list[str]], marks: list[list[in
     styler = styler.apply(lambda _: styles, axis=None)
     tex = styler.to_latex(hrules=True, column_format="".join("l" if h in _TEXT_COLUMNS else "r" for h in header))
     tex = tex.replace("<", r"\textless{}").replace(">", r"\textgreater{}")  # not escaped by pandas (OT1 shows ¡ ¿)
-    return tex.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace(MISSING, "--").replace("†", r"$^\dagger$")
+    return (
+        tex.replace("±", r"$\pm$")
+        .replace("Δ", r"$\Delta$")
+        .replace(MISSING, "--")
+        .replace("†", r"$^\dagger$")
+        .replace("‡", r"$^\ddagger$")
+    )
 
 
 def to_latex(ctx: Context) -> str:
@@ -330,6 +348,8 @@ def to_latex(ctx: Context) -> str:
         header, rows, marks = our_table(ctx, group)
         out += ["", f"% Ours: {one_line(table_title(phash, rule, group['protocol_version'].iloc[0]))}"]
         out.append(_latex_tabular(header, rows, marks).rstrip())
+        if ctx.reference:
+            out.append(f"% {one_line(significance.note(LABELS[ctx.metric], ctx.reference))}")
     if ctx.reported is not None and not ctx.reported.empty:
         for t in reported_tables(ctx.reported):
             out += ["", f"% Reported (not ranked with our runs): {one_line(t['title'])}"]

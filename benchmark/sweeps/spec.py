@@ -139,6 +139,12 @@ def load_spec(path_or_name: str | Path) -> Spec:
             f"{path}: 'grid' is missing: give a mapping of override key to list of values, "
             "e.g. grid: {method: [proxy_anchor], dataset: [cub], seed: [0, 1, 2]}."
         )
+    if data.get("name") is not None:  # the default sweep directory is runs/sweeps/<name>: one directory name
+        from benchmark.engine.checks import path_component_problem
+
+        problem = path_component_problem("name", data["name"], "runs/sweeps/")
+        if problem:
+            raise SpecError(f"{path}: {problem.replace('change out_dir', 'pass --sweep-dir DIR')}")
     check_resources(data.get("resources") or {}, f"{path}: resources")
     for i, rule in enumerate(data.get("rules") or []):
         if not isinstance(rule, dict) or "match" not in rule or set(rule) - {"match", "overrides", "resources"}:

@@ -311,6 +311,13 @@ def main(
         if records.git_info().get("dirty") and not allow_dirty:
             print("\nNote: the checkout has uncommitted changes; submitting needs a commit or --allow-dirty.")
         return 0
+    from benchmark.engine.locks import sweep_directory_lock
+
+    with sweep_directory_lock(prepared.sweep_dir):  # one submitting (or --local) process per sweep directory
+        return _submit_or_run(prepared, local, max_parallel, allow_dirty)
+
+
+def _submit_or_run(prepared: Prepared, local: bool, max_parallel: int, allow_dirty: bool) -> int:
     held = _report_unknown(prepared)
     if local:
         from benchmark.sweeps.local import run_local
