@@ -12,6 +12,9 @@ random weights; ``--mllm`` takes a hub id or local directory on a GPU machine) a
 
 The tiny model answers with JSON-constrained decoding (``rollout_constraint=json_skeleton``) so rewards vary and
 pairs contribute; timings on CPU describe the code path, not the cost on an 8B model.
+
+``python -m benchmark.perf.saga --shape qwen3-vl-8b`` (or ``internvl3.5-8b``) instead measures one step at the
+paper's shape on fake tensors: peak memory by phase and the decode-step counts (``benchmark/perf/saga_shape.py``).
 """
 
 from __future__ import annotations
@@ -174,6 +177,13 @@ def _report(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--shape" or a.startswith("--shape=") for a in argv):  # the paper's shape on fake tensors
+        from benchmark.perf.saga_shape_report import main as shape_main
+
+        return shape_main(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mllm", default="tiny-qwen3-vl")
     parser.add_argument("--dataset", default="attributes", help="dataset card that supplies the prompt")
