@@ -44,14 +44,14 @@ def test_a_run_records_its_cost_and_the_leaderboard_shows_it(tiny_overrides, tmp
 
 def test_sessions_add_up_over_a_resume_and_method_phases_are_totalled(tmp_path):
     """A resumed run's earlier session is read back from its unfinished record; per-step phase times and counts a
-    method logs (SAGA's time_rollout_s, time_replay_s, pairs_offered) are totalled over the history's epochs."""
+    method logs (SAGA's time_rollout_s, time_replay_s, pairs_rolled_out) are totalled over the history's epochs."""
     earlier = {"device": "x", "device_type": "cpu", "device_count": 1, "peak_memory_bytes": 2**40, "wall_s": 100.0,
                "train_s": 80.0, "eval_s": 0.0, "cpu_s": 360.0, "train_images": 800}  # fmt: skip
     (tmp_path / "record.json").write_text(json.dumps({"status": "running", "compute": {"sessions": [earlier]}}))
     meter = ComputeMeter(tmp_path, torch.device("cpu"))
     history = [
-        {"epoch": 1, "time_rollout_s": 0.5, "time_replay_s": 0.25, "pairs_offered": 6.0, "loss": 1.0},
-        {"epoch": 2, "time_rollout_s": 1.5, "time_replay_s": 0.75, "pairs_offered": 8.0, "loss": 0.5},
+        {"epoch": 1, "time_rollout_s": 0.5, "time_replay_s": 0.25, "pairs_rolled_out": 6.0, "loss": 1.0},
+        {"epoch": 2, "time_rollout_s": 1.5, "time_replay_s": 0.75, "pairs_rolled_out": 8.0, "loss": 0.5},
     ]
     meter.section(step=10, batch_size=8, steps_per_epoch=10, history=[], diagnostics={}, train_s=0.0, eval_s=None)
     c = meter.section(step=20, batch_size=8, steps_per_epoch=10, history=history, diagnostics={"gen_tokens": 123.0},

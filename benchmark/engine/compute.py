@@ -10,7 +10,7 @@ sessions: ``train_images_per_s``, ``gpu_hours`` (wall hours × GPUs, where the r
 
 Method phases, read generically from the history: every ``time_<phase>_s`` a method logs per step (SAGA: metric,
 rollout, replay, step) is totalled as ``phases_s[<phase>]``; counts a method logs per step (:data:`COUNTS`, SAGA's
-``pairs_offered``: the pairs the supervisor judged) are totalled too; ``generated_tokens`` is taken from the
+``pairs_rolled_out``: the pairs the supervisor judged, offered to the buffer or not) are totalled too; ``generated_tokens`` is taken from the
 method's diagnostics when it exposes a ``gen_tokens`` total (null otherwise).
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 #: Per-step counts a method may log, totalled over the run under the record's name for them.
-COUNTS = {"pairs_offered": "pairs_judged"}
+COUNTS = {"pairs_rolled_out": "pairs_judged"}
 
 
 def device_name(device: torch.device) -> str:

@@ -29,7 +29,8 @@ def process_start(pid: int) -> int | None:
         return None
 
 
-def _exists(pid: int) -> bool:
+def exists(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host and has not ended (a zombie has)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -61,7 +62,7 @@ def local_job_state(job: dict[str, Any]) -> tuple[str, str | None]:
     pid, host = job.get("pid"), job.get("host")
     if host and host != socket.gethostname() and host != os.uname().nodename:
         return "UNKNOWN", f"job {job.get('job_id')} ran on host {host}; run status there to see whether it still runs"
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not _exists(pid):
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not exists(pid):
         return "LOST", f"process {pid} is gone and no exit status was recorded (killed with its sweep?)"
     started = job.get("pid_start")
     now = process_start(pid)

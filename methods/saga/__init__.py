@@ -413,6 +413,7 @@ class SAGA(Method):
             out |= {
                 "reward_mean": stats["reward_sum"] / rollouts,
                 "pairs_offered": buffer.offered,
+                "pairs_rolled_out": stats["pairs_rolled_out"],  # decoded and judged (the batch decodes all P)
                 "pairs_contributing": len(buffer.groups),
                 "contributing_fraction": buffer.contributing_fraction,
                 "refills": len(batches) - 1,
