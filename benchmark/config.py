@@ -170,7 +170,7 @@ NON_RESULT_KEYS = (
 )
 #: Fields added after runs were recorded, left out of the hash while they hold the value every older run had, so an
 #: older run keeps its hash (and its directory) and only a changed value makes a new run.
-LATE_FIELDS = {"method.rollout_pairs_at_once": 0}
+LATE_FIELDS = {"method.rollout_pairs_at_once": 0, "method.reward": "verdict", "method.advantages": "group"}
 
 #: Values used when neither the command line nor the dataset card sets a field left at None.
 FALLBACKS = {

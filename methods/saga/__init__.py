@@ -38,7 +38,15 @@ from benchmark.method import Method, MethodConfig, ParamGroup, TaskInfo
 from benchmark.registry import register_method
 
 from ._diagnostics import GradNormLog, RunTotals, TermGradTracker
-from ._grpo import DynamicSamplingBuffer, PairGroup, balanced_pairs, grpo_loss, verdict_reward
+from ._grpo import (
+    DynamicSamplingBuffer,
+    PairGroup,
+    answer_object,
+    balanced_pairs,
+    described_verdict,
+    grpo_loss,
+    verdict_reward,
+)
 from ._pooler import AttentionPooler, create_metric_loss
 from ._prompt import build_prompt, prompt_fields
 from ._rollout import SkeletonConstraint, build_prefix, replay, sample_rollouts, teacher_layer_index
@@ -75,6 +83,12 @@ class SAGAConfig(MethodConfig):
     lambda_grpo: float = 1.0
     # ours: KL ~ DML gradient on the pooler (at 1, the paper's Eq. 8, KL's was 25x DML's on q and W_k: README)
     lambda_kl: float = 0.04
+    # controls (ours, the attributes world): "verdict" is Eq. 3; "descriptions" is the rule judge: the verdict computed
+    # by code from the answer's own two descriptions, GRPO on the description tokens only (the rest masked out)
+    reward: str = "verdict"
+    # "group" is Eq. 4; "shuffled" permutes the buffer's advantages across its pairs and rollouts (the same values and
+    # gradient scale, no information about which answer was right: a control that must not help)
+    advantages: str = "group"
     adv_eps: float = 1e-6  # ours (§7 item 12)
     adv_unbiased: bool = True  # ours (§7 item 12): matches the paper's figure example
     gradient_checkpointing: bool = True  # ours (§7 item 20): in the frozen LM during the replay
@@ -84,6 +98,11 @@ class SAGAConfig(MethodConfig):
     # pair- and rollout-sampling streams; None: derived from the run's seed (torch.initial_seed(), set by the engine)
     seed: Optional[int] = None  # noqa: UP045 - OmegaConf needs typing.Optional
     grad_norm_every: int = 10  # ours: per-term gradient norms every N steps (one extra backward per term); 0: never
+
+
+def _policy_mask(ro: Any) -> torch.Tensor:
+    """The tokens GRPO sums over: every generated one, or the rule judge's descriptions (``_descriptions_only``)."""
+    return ro.mask if ro.policy_mask is None else ro.policy_mask.to(ro.mask.device)
 
 
 @register_method
@@ -124,6 +143,16 @@ class SAGA(Method):
             raise ValueError(
                 "The generic prompt has no attribute descriptions, so SAGA's KL term is undefined there (App. E.3): "
                 "use method.generic_prompt=true method.use_kl=false."
+            )
+        if cfg.reward not in ("verdict", "descriptions") or cfg.advantages not in ("group", "shuffled"):
+            raise ValueError(
+                f"method.reward must be verdict or descriptions (got {cfg.reward}) and method.advantages group or "
+                f"shuffled (got {cfg.advantages})."
+            )
+        if cfg.reward == "descriptions" and cfg.generic_prompt:
+            raise ValueError(
+                "method.reward=descriptions reads the two attribute descriptions, which the generic "
+                "prompt does not ask for: use method.generic_prompt=false."
             )
         if cfg.rollout_constraint not in ("none", "json_skeleton"):
             raise ValueError(f"method.rollout_constraint must be none or json_skeleton, not {cfg.rollout_constraint}")
@@ -259,14 +288,39 @@ class SAGA(Method):
             for row in range(cfg.group_size):
                 text = sup.tokenizer.decode(tokens[row][: lengths[row]], skip_special_tokens=True)
                 reward, failure = verdict_reward(text, self.fields["verdict_key"], same, ro.truncated[row])
+                if cfg.reward == "descriptions":  # the rule judge: what the two descriptions imply, by code
+                    implied = described_verdict(answer_object(text), self.fields["item"], self._attributes)
+                    reward = float(implied is not None and implied == same)
                 rewards.append(reward)
                 stats["parse_failures"] += failure is not None
+            if cfg.reward == "descriptions":
+                ro = self._descriptions_only(sup, ro)
             stats["rollouts"] += cfg.group_size
             stats["reward_sum"] += sum(rewards)
             stats["gen_tokens"] += sum(lengths)
             payload = {"batch": batch, "order": [i, j], "rollouts": ro, "prefix": prefix}
             groups.append(PairGroup(torch.tensor(rewards), same, payload))
         return groups
+
+    @property
+    def _attributes(self) -> list[str]:
+        return [str(a) for a in self.task.card["attributes"]]
+
+    def _descriptions_only(self, sup: Any, ro: Any) -> Any:
+        """The rule judge's policy mask: each answer's tokens up to the end of its two descriptions (the text before
+        ``"differences"``); the comparison and the verdict, which the reward does not read, are masked out of GRPO.
+        ``ro.mask`` stays what was generated (for the replay); ``policy_mask`` is what GRPO sums over."""
+        from dataclasses import replace
+
+        policy = ro.mask.clone()
+        for row in range(ro.tokens.shape[0]):
+            n = int(ro.mask[row].sum())
+            text, offsets = token_offsets(sup.tokenizer, ro.tokens[row, :n].tolist())
+            end = text.find('"differences"')
+            if end >= 0:
+                cut = next((k for k, (a, _) in enumerate(offsets) if a >= end), n)
+                policy[row, cut:] = False
+        return replace(ro, policy_mask=policy)
 
     def _teacher_rows(self, sup: Any, group: PairGroup, stats: dict) -> dict[int, Any]:
         """The correct answers' attribute-value token spans (A_a, A_b) that the KL term reads (Eq. 6)."""
@@ -289,7 +343,12 @@ class SAGA(Method):
         if not buffer.groups:
             return 0.0, 0.0
         layer = teacher_layer_index(sup, cfg.teacher_layer, tiny=sup.name.startswith("tiny-")) if cfg.use_kl else None
-        total_tokens = sum(int(g.payload["rollouts"].mask.sum()) for g in buffer.groups)
+        total_tokens = sum(int(_policy_mask(g.payload["rollouts"]).sum()) for g in buffer.groups)
+        if cfg.advantages == "shuffled":  # the control: the buffer's advantages permuted across pairs and rollouts
+            values = torch.cat([g.advantages for g in buffer.groups])
+            values = values[torch.from_numpy(self._rng.permutation(len(values)))]  # the run's stream: resumable
+            for k, group in enumerate(buffer.groups):
+                group.advantages = values[k * cfg.group_size : (k + 1) * cfg.group_size]
         teachers = [self._teacher_rows(sup, g, stats) if cfg.use_kl else {} for g in buffer.groups]
         images = torch.stack([batches[g.payload["batch"]][0][k] for g in buffer.groups for k in g.payload["order"]])
         grpo = cfg.use_grpo and torch.is_grad_enabled()
@@ -316,7 +375,7 @@ class SAGA(Method):
             stats["log_ratio_sum"] += float(drift.sum())
             stats["log_ratio_tokens"] += drift.numel()
             if cfg.use_grpo:
-                part = grpo_loss(logprobs, group.advantages.to(logprobs.device), ro.mask, total_tokens)
+                part = grpo_loss(logprobs, group.advantages.to(logprobs.device), _policy_mask(ro), total_tokens)
                 if grpo:
                     self.backward_part(cfg.lambda_grpo * part)  # this pair's replay graph is freed here
                 loss_grpo += float(part.detach())

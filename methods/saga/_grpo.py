@@ -50,6 +50,35 @@ def parse_verdict(text: str, verdict_key: str, truncated: bool = False) -> tuple
     return None, "bad_value"
 
 
+def answer_object(text: str) -> dict[str, Any] | None:
+    """The answer's first JSON object, read as :func:`parse_verdict` reads it (fences and surrounding text ignored),
+    or ``None`` when there is none."""
+    fenced = _FENCE.search(text or "")
+    body = fenced.group(1) if fenced else (text or "")
+    start = body.find("{")
+    if start < 0:
+        return None
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(body[start:])
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def described_verdict(obj: dict[str, Any] | None, item: str, attributes: list[str]) -> bool | None:
+    """The verdict the answer's own two descriptions imply: same class iff ``{item}_1`` and ``{item}_2`` give every
+    attribute and give it the same value; ``None`` when either description is missing an attribute (the rule
+    judge of the attributes world, and the card's check that a verdict follows its descriptions)."""
+    if obj is None:
+        return None
+    first, second = obj.get(f"{item}_1"), obj.get(f"{item}_2")
+    if not isinstance(first, dict) or not isinstance(second, dict):
+        return None
+    if any(not isinstance(d.get(a), str) for d in (first, second) for a in attributes):
+        return None
+    return all(first[a].strip().lower() == second[a].strip().lower() for a in attributes)
+
+
 def verdict_reward(text: str, verdict_key: str, same_class: bool, truncated: bool = False) -> tuple[float, str | None]:
     """Binary reward of Eq. 3: 1 if the parsed verdict equals ``same_class``, else 0 (parse failures included)."""
     verdict, failure = parse_verdict(text, verdict_key, truncated)

@@ -44,6 +44,7 @@ class Rollouts:
     truncated: list[bool]  # hit the token limit without EOS
     seconds: float
     prefix_seconds: float
+    policy_mask: torch.Tensor | None = None  # G×T, the tokens GRPO sums over when not all of them (the rule judge)
 
     def split(self, group_size: int) -> list[Rollouts]:
         """One ``Rollouts`` per pair (rows are pair-major), each cut to its own longest answer."""
