@@ -30,8 +30,9 @@ commands:
   export RUN_DIR --out DIR [--onnx] [--force]
                              a finished run's encoder as model.safetensors + config.json + model card (Hugging Face
                              Hub layout); load it with run method=pretrained backbone=exported backbone.checkpoint=DIR
-  world-report RUNS_DIR --out DIR
-                             attribute-world results: R@K and per-attribute linear probes per method row
+  world-report RUNS_DIR --out DIR [--judges]
+                             attribute-world results: R@K and per-attribute linear probes per method row;
+                             --judges: GRPO's effect against the supervisor's verdict accuracy, build by build
   supervisor build|show      build (or show the card of) the trained tiny SAGA supervisor of the 'attributes'
                              world; backbone.name=attributes-supervisor finds it in the cache or builds it
 """
@@ -136,7 +137,14 @@ def _cmd_world_report(args: argparse.Namespace) -> int:
     from benchmark.world.report import write_world_report
 
     try:
-        paths = write_world_report(args.runs_dir, args.out)
+        if args.judges:
+            from benchmark.world.curve import write_judge_curve
+
+            paths = write_judge_curve(args.runs_dir, args.out)
+        else:
+            if len(args.runs_dir) > 1:
+                raise ValueError("world-report takes one runs directory (several only with --judges).")
+            paths = write_world_report(args.runs_dir[0], args.out, args.hard_attribute or None)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -269,8 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace an --out directory that is not empty")
     p = sub.add_parser("world-report", help=COMMANDS["world-report"][1])
-    p.add_argument("runs_dir", help="a directory of run records (e.g. a sweep directory's runs/)")
+    p.add_argument(
+        "runs_dir", nargs="+", help="a directory of run records (e.g. a sweep directory's runs/); --judges: one or more"
+    )
     p.add_argument("--out", required=True, help="where results.csv, summary.md and probe.png go")
+    p.add_argument(
+        "--hard-attribute", default="appendage",
+        help="the attribute X the supervisor perceives worst (its card's build.hard_attribute; '' for none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--judges", action="store_true",
+        help="RUNS_DIR holds SAGA runs on several supervisor builds: write GRPO's effect against each judge's "
+        "held-out verdict accuracy (judges.csv, judges.md, judges.png) instead",
+    )  # fmt: skip
     for name, module in PASSTHROUGH.items():
         sub.add_parser(name, help=f"see python -m benchmark {name} --help ({module})", add_help=False)
     return parser

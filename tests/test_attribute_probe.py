@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import statistics
@@ -334,3 +335,120 @@ def test_the_report_refuses_an_empty_or_mixed_directory(report_runs, tmp_path):
     with pytest.raises(ValueError, match="mix experiments"):
         write_world_report(root, tmp_path / "report")
     assert not (tmp_path / "report").exists()
+
+
+# ------------------------------------------------------------------------- take 3: controls, X, judge curve
+def test_row_labels_name_the_controls_and_the_grpo_weight():
+    grpo_only = {"use_grpo": True, "use_kl": False}
+    assert row_label("saga", {"method": grpo_only | {"advantages": "shuffled"}}) == ROW_ORDER[8]
+    assert row_label("saga", {"method": grpo_only | {"reward": "descriptions"}}) == ROW_ORDER[9]
+    assert ROW_ORDER[8] == "saga (GRPO only, shuffled advantages)" and ROW_ORDER[9] == "saga (GRPO only, rule judge)"
+    assert row_label("saga", {"method": grpo_only | {"lambda_grpo": 0.3}}) == "saga (GRPO only, λ_grpo = 0.3)"
+    assert row_label("saga", {"method": {"lambda_grpo": 0.1}}) == "saga (λ_grpo = 0.1)"
+    # without GRPO the GRPO settings do nothing, so they do not make a row of their own
+    off = {"use_grpo": False, "use_kl": False, "advantages": "shuffled", "lambda_grpo": 0.1}
+    assert row_label("saga", {"method": off}) == "saga (no GRPO, no KL)"
+
+
+def test_confusable_classes_are_those_with_a_one_attribute_neighbour_in_it():
+    from benchmark.world.report import confusable_in
+
+    classes = {
+        0: {"shape": "a", "colour": "x"},
+        1: {"shape": "b", "colour": "x"},  # 0's neighbour in shape
+        2: {"shape": "b", "colour": "y"},  # 1's neighbour in colour
+        3: {"shape": "c", "colour": "z"},  # nobody's neighbour
+    }
+    assert confusable_in(classes, "shape") == {0, 1}
+    assert confusable_in(classes, "colour") == {1, 2}
+
+
+def test_recall_on_queries_confusable_in_x_and_the_rest_make_up_recall_at_1(tiny_runs):
+    """From a real run's per-query hits: the two parts weigh back to the record's R@1 exactly."""
+    from benchmark.world.report import _confusable_recall, _test_classes, confusable_in
+
+    record = tiny_runs[1]["proxy_anchor"]
+    labels, classes = _test_classes(record)
+    parts = _confusable_recall(record, "appendage")
+    n_x = int(np.isin(labels, sorted(confusable_in(classes, "appendage"))).sum())
+    assert 0 < n_x < len(labels)
+    total = (n_x * parts["recall@1_confusable_in_x"] + (len(labels) - n_x) * parts["recall@1_rest"]) / len(labels)
+    assert total == pytest.approx(record["metrics"]["test"]["recall@1"], abs=1e-9)
+    assert np.isnan(_confusable_recall(record, None)["recall@1_confusable_in_x"])
+    old = copy.deepcopy(record)
+    old.pop("per_query", None)  # an older record: no hits, no numbers (not a crash)
+    assert np.isnan(_confusable_recall(old, "appendage")["recall@1_rest"])
+
+
+def _saga(template: dict, seed: int, r1: float, source: str = "", **method) -> dict:
+    rec = _variant(template, "saga", seed, r1, method.pop("use_grpo", True), method.pop("use_kl", False))
+    rec["config"]["method"].update(method)
+    key = json.dumps([rec["config"]["method"], source], sort_keys=True).encode()
+    rec["config_hash"] = "s" + hashlib.sha256(key).hexdigest()[:7]
+    rec["run_id"] = f"saga-attributes-{rec['config_hash']}-s{seed}"
+    rec["metrics"]["test"]["recall@1"] = r1
+    rec["diagnostics"] = {"reward_mean": 0.5 + r1 / 10, "grad_norm_grpo_tower": 0.2, "grad_norm_dml_tower": 0.05}
+    if source:
+        rec["backbone"] = dict(rec["backbone"], name=source.split(" ")[0].removeprefix("hf:"), source=source)
+    return rec
+
+
+def test_the_report_tests_each_saga_row_against_its_pooler_alone(tiny_runs, tmp_path):
+    from scipy import stats
+
+    template, root = tiny_runs[1]["pretrained"], tmp_path / "runs"
+    base, grpo = [0.80, 0.82, 0.81], [0.76, 0.78, 0.75]
+    for seed, (b, g) in enumerate(zip(base, grpo, strict=True)):
+        _write(root, _saga(template, seed, b, use_grpo=False))
+        _write(root, _saga(template, seed, g))
+    md = write_world_report(root, tmp_path / "report", "appendage")["md"].read_text()
+    section = md.split("## SAGA's MLLM terms against its pooler alone", 1)[1]
+    line = next(x for x in section.splitlines() if x.startswith("| saga (GRPO only) | 3 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    p = stats.ttest_ind(grpo, base, equal_var=False).pvalue
+    assert cells[3] == f"{100 * (np.mean(grpo) - np.mean(base)):+.1f}" and cells[4] == f"{p:.3f}"
+    assert cells[-1] == "4.00"  # GRPO/DML gradient ratio 0.2 / 0.05
+    assert "Training reward against test R@1 over the 3 runs with GRPO: Pearson r = +1.00" in md
+
+
+def _judge_card(path: Path, digest: str, verdict: float) -> None:
+    from benchmark.world.supervisor import CARD_FILE
+
+    held = {"verdict_accuracy": verdict, "verdict_accuracy_same": verdict, "by_kind": {
+        "same": {"verdict_accuracy": verdict}, "neighbour": {"verdict_accuracy": verdict - 0.1}}}  # fmt: skip
+    path.mkdir(parents=True)
+    (path / CARD_FILE).write_text(json.dumps({"digest": digest, "metrics": {"held_out": held}}))
+
+
+def test_the_judge_curve_puts_grpos_effect_beside_each_builds_verdict_accuracy(tiny_runs, tmp_path):
+    from scipy import stats
+
+    from benchmark.cli import main
+
+    template = tiny_runs[1]["pretrained"]
+    builds = {"aaaaaaaaaaaa": 0.6, "bbbbbbbbbbbb": 0.9}
+    effect = {"aaaaaaaaaaaa": -0.03, "bbbbbbbbbbbb": 0.02}
+    for digest, verdict in builds.items():
+        where = tmp_path / "cache" / f"attributes-supervisor-{digest}"
+        _judge_card(where, digest, verdict)
+        source = f"hf:attributes-supervisor ({where})"
+        for seed in range(3):
+            _write(tmp_path / "runs", _saga(template, seed, 0.80 + 0.01 * seed, source, use_grpo=False))
+            _write(tmp_path / "runs", _saga(template, seed, 0.80 + effect[digest] + 0.005 * seed, source))
+    _write(tmp_path / "runs", _saga(template, 0, 0.5, source, advantages="shuffled"))  # a control: not on the curve
+    out = tmp_path / "curve"
+    assert main(["world-report", str(tmp_path / "runs"), "--judges", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "judges.csv")
+    assert table["verdict_accuracy"].tolist() == [0.6, 0.9] and table["n_grpo"].tolist() == [3, 3]
+    grpo = [0.80 + effect["aaaaaaaaaaaa"] + 0.005 * s for s in range(3)]
+    base = [0.80 + 0.01 * s for s in range(3)]
+    assert table["delta_recall_at_1"][0] == pytest.approx(np.mean(grpo) - np.mean(base), abs=1e-6)
+    assert table["welch_p"][0] == pytest.approx(stats.ttest_ind(grpo, base, equal_var=False).pvalue, abs=1e-6)
+    assert table["grad_ratio_grpo_dml"].tolist() == pytest.approx([4.0, 4.0])
+    assert (out / "judges.png").read_bytes()[:4] == b"\x89PNG" and "| verdict acc. |" in (out / "judges.md").read_text()
+    # the builds' cards travel with the report: it is rebuilt from the records alone once the cache is gone
+    import shutil
+
+    shutil.rmtree(tmp_path / "cache")
+    assert main(["world-report", str(tmp_path / "runs"), "--judges", "--out", str(out)]) == 0
+    assert pd.read_csv(out / "judges.csv")["verdict_accuracy"].tolist() == [0.6, 0.9]

@@ -162,25 +162,28 @@ def test_saga_protocol_runs_on_a_miniature_aircraft_with_a_saved_checkpoint(tmp_
 
 
 @pytest.fixture
-def cached_world_supervisor(tmp_path, monkeypatch):
-    """A minute-scale build of the attributes world's supervisor, put where ``attributes-supervisor`` is cached."""
+def empty_cache(tmp_path, monkeypatch):
+    """An empty supervisor cache, and a build that fails the test if anything tries one: the shipped build is used."""
+    from benchmark.backbones import mllm
     from benchmark.world import supervisor as ws
 
     monkeypatch.setenv("DML_BENCHMARK_CACHE", str(tmp_path / "cache"))
-    quick = ws.BuildConfig(
-        vision_steps=4, steps=4, batch_size=4, warmup_steps=1, images_per_class=2, eval_pairs=2, eval_samples=1
-    )
-    ws.build_supervisor(quick, ws.default_dir(), log=lambda _: None)  # where the default build would be cached
-    yield ws.default_dir()
-    from benchmark.backbones import mllm
 
+    def no_build(*args, **kwargs):
+        raise AssertionError("the shipped supervisor should have been loaded, not a build started")
+
+    monkeypatch.setattr(ws, "build_supervisor", no_build)
+    mllm._SUPERVISORS.pop("attributes-supervisor", None)
+    yield
     mllm._SUPERVISORS.pop("attributes-supervisor", None)
 
 
 @pytest.mark.filterwarnings("ignore:Dataset 'attributes' does not have the expected counts")
-def test_plain_saga_command_runs_end_to_end_on_the_embedded_dataset(cached_world_supervisor, tmp_path, capsys):
-    """``python -m benchmark run method=saga`` through the CLI, with the steps shortened for test time."""
+def test_plain_saga_command_runs_end_to_end_on_the_shipped_supervisor(empty_cache, tmp_path, capsys):
+    """``python -m benchmark run method=saga`` through the CLI on a machine with nothing cached (steps shortened for
+    test time): it loads the shipped supervisor and never builds one."""
     from benchmark.cli import main
+    from benchmark.world import supervisor as ws
 
     short = ["train.epochs=1", "train.steps_per_epoch=1", "eval.kmeans_restarts=1", "data.num_workers=0"]
     short += ["dataset.strict=false", "dataset.options.per_class=6", "train.progress=false"]
@@ -188,7 +191,9 @@ def test_plain_saga_command_runs_end_to_end_on_the_embedded_dataset(cached_world
     record = _record(capsys.readouterr().out)
     assert record["status"] == "completed" and record["method"] == "saga" and record["dataset"] == "attributes"
     assert record["config"]["protocol"] == "saga" and record["backbone"]["name"] == "attributes-supervisor"
-    assert str(cached_world_supervisor) in record["backbone"]["source"]
+    assert str(ws.shipped_supervisor()) in record["backbone"]["source"] and ws.BuildConfig().digest() in str(
+        record["backbone"]["source"]
+    )
     assert record["diagnostics"]["steps"] == 1 and record["diagnostics"]["gen_tokens_per_s"] > 0  # it answered
 
 
@@ -260,7 +265,12 @@ def _committed_and_cells(spec: str, committed_dir: str, tmp_path: Path) -> tuple
 
 
 @pytest.mark.parametrize(
-    ("spec", "runs", "n"), [("zoo_attributes", "zoo_attributes", 40), ("saga_world", "saga_world", 22)]
+    ("spec", "runs", "n"),
+    [
+        ("zoo_attributes", "zoo_attributes", 40),
+        ("saga_world", "saga_world", 33),
+        ("saga_world_judges", "saga_world_judges", 18),
+    ],
 )
 def test_committed_comparisons_are_exactly_their_specs_cells(spec, runs, n, tmp_path):
     """Every cell of the spec is one committed record (same run directory, i.e. the same config hash), nothing else is
@@ -273,12 +283,23 @@ def test_committed_comparisons_are_exactly_their_specs_cells(spec, runs, n, tmp_
         assert data["status"] == "completed" and data["git"]["dirty"] is False, record
 
 
-def test_the_attributes_world_ran_on_the_committed_supervisor():
-    """Every committed saga_world record ran on the supervisor build whose card is committed (recipe v3)."""
-    card = json.loads((REPO / "leaderboard" / "saga_world" / "supervisor_card_v3.json").read_text())
-    assert card["recipe_version"] == 3
-    for record in (REPO / "leaderboard" / "saga_world" / "runs").rglob("record.json"):
+def test_the_attributes_world_ran_on_the_shipped_supervisor():
+    """Every committed saga_world record ran on the shipped supervisor (recipe v4, its digest in the record); the v3
+    experiment kept beside it ran on the v3 build whose card is kept with it."""
+    from benchmark.world import supervisor as ws
+
+    shipped = ws.shipped_supervisor()
+    assert shipped is not None
+    card = ws.read_card(shipped)
+    assert card["recipe_version"] == ws.RECIPE_VERSION == 4 and card["digest"] == ws.BuildConfig().digest()
+    records = list((REPO / "leaderboard" / "saga_world" / "runs").rglob("record.json"))
+    assert records
+    for record in records:
         assert card["digest"] in json.loads(record.read_text())["backbone"]["source"], record
+    v3 = json.loads((REPO / "leaderboard" / "saga_world_v3" / "supervisor_card_v3.json").read_text())
+    assert v3["recipe_version"] == 3
+    for record in (REPO / "leaderboard" / "saga_world_v3" / "runs").rglob("record.json"):
+        assert v3["digest"] in json.loads(record.read_text())["backbone"]["source"], record
 
 
 def test_sampler_constraints_fail_at_compose_with_the_batch_that_fits():

@@ -35,7 +35,9 @@ def card():
 @pytest.fixture(scope="module")
 def quick_supervisor(tmp_path_factory):
     out = tmp_path_factory.mktemp("world") / "supervisor"
-    ws.build_supervisor(QUICK, out, log=lambda _: None)
+    with pytest.MonkeyPatch.context() as mp:  # its stage 1 is cached: not in the user's cache
+        mp.setenv("DML_BENCHMARK_CACHE", str(out.parent / "cache"))
+        ws.build_supervisor(QUICK, out, log=lambda _: None)
     return out
 
 
@@ -44,12 +46,82 @@ def test_target_answer_is_the_prompts_json_with_the_right_verdict(card):
     a = {k: card["attribute_values"][k][0] for k in attrs}
     b = dict(a, **{"pattern": card["attribute_values"]["pattern"][1]})
     for first, second, same in ((a, dict(a), True), (a, b, False)):
-        text = "".join(t for _, t in target_answer(card, first, second))
-        obj = json.loads(text)
-        assert obj["figure_1"] == first and obj["figure_2"] == second
-        assert parse_verdict(text, "same_class") == (same, None)
-        assert obj["differences"] == ("none" if same else "pattern")
-        assert list(obj) == ["figure_1", "figure_2", "differences", "confidence", "reasoning", "same_class"]
+        for answer_format in ("list", "chain"):
+            text = "".join(t for _, t in target_answer(card, first, second, answer_format))
+            obj = json.loads(text)
+            assert obj["figure_1"] == first and obj["figure_2"] == second
+            assert parse_verdict(text, "same_class") == (same, None)
+            assert list(obj) == ["figure_1", "figure_2", "differences", "confidence", "reasoning", "same_class"]
+            if answer_format == "list":
+                assert obj["differences"] == ("none" if same else "pattern")
+            else:  # recipe v4: one comparison per attribute, in the card's order
+                items = [f"{k}: {'differs' if not same and k == 'pattern' else 'same'}" for k in attrs]
+                assert obj["differences"] == ", ".join(items)
+    with pytest.raises(ValueError, match="answer_format must be one of"):
+        target_answer(card, a, b, "prose")
+
+
+def test_description_errors_change_values_within_their_attribute_at_the_rate(card):
+    import numpy as np
+
+    from benchmark.world.data import describe_with_errors
+
+    values = {a: [str(v) for v in vs] for a, vs in card["attribute_values"].items()}
+    a = {k: v[0] for k, v in values.items()}
+    rng = np.random.default_rng(0)
+    assert describe_with_errors(a, a, values, 0.0, rng) == (a, a)
+    wrong = describe_with_errors(a, a, values, 1.0, rng)
+    assert all(w[k] != a[k] and w[k] in values[k] for w in wrong for k in a)
+    changed = sum(w[k] != a[k] for _ in range(200) for w in describe_with_errors(a, a, values, 0.1, rng) for k in a)
+    assert 0.07 < changed / (200 * 2 * len(a)) < 0.13
+
+
+def test_flipped_descriptions_flip_the_written_verdict_of_near_identical_pairs(card):
+    import numpy as np
+
+    from benchmark.world.data import flip_description
+
+    values = {a: [str(v) for v in vs] for a, vs in card["attribute_values"].items()}
+    a = {k: v[0] for k, v in values.items()}
+    neighbour = dict(a, pattern=values["pattern"][1])
+    far = {k: v[1] for k, v in values.items()}
+    rng = np.random.default_rng(0)
+    first, second = flip_description(a, dict(a), values, 1.0, rng)  # a same pair: now one attribute differs
+    assert first == a and sum(second[k] != a[k] for k in a) == 1
+    assert flip_description(a, neighbour, values, 1.0, rng) == (a, a)  # a neighbour: now they agree
+    assert flip_description(a, far, values, 1.0, rng) == (a, far)  # a pair that differs in more: left alone
+    assert flip_description(a, dict(a), values, 0.0, rng) == (a, a)
+    flips = sum(flip_description(a, dict(a), values, 0.3, rng) != (a, a) for _ in range(1000))
+    assert 250 < flips < 350
+
+
+def test_stage_two_teaches_the_comparison_of_what_was_written_and_the_truth_of_each_value(card):
+    """Recipe v4: where a description value is written wrong, the answer's comparison and verdict follow the written
+    descriptions, while that value's own target is the true one (so perception is still taught)."""
+    import numpy as np
+
+    from benchmark.world.data import world_tokenizer
+
+    cfg = ws.BuildConfig(train_combinations=8, images_per_class=2, val_combinations=4, describe_errors=1.0)
+    world = ws._World(cfg)
+    tok = world_tokenizer(world.card, world.prompt, cfg.vocab_size, cfg.seed)
+    value_token = {a: {v: tok.convert_tokens_to_ids(tok.tokenize(v)[0]) for v in world.values[a]} for a in world.attrs}
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    (ans,), (fix,) = ws._described_batch(
+        world, tok, [(0, 0, 0, 1)], cfg, eos, value_token, {}, np.random.default_rng(0)
+    )
+    text = tok.decode(ans.ids[:-1])
+    obj = json.loads(text)
+    truth = world.train_attrs[0]
+    implied_same = obj["figure_1"] == obj["figure_2"]
+    assert parse_verdict(text, "same_class") == (implied_same, None)  # the verdict of what was written
+    assert all(obj["figure_1"][a] != truth[a] for a in world.attrs)  # rate 1: every value written wrong
+    assert len(fix) == 14 and {tok.convert_ids_to_tokens(t) for _, t in fix} <= {
+        tok.tokenize(v)[0] for v in truth.values()
+    }
+    for pos, token in fix:  # each fixed position holds a written value, and its target is the true value's token
+        attr = dict(ans.value_slots)[pos]
+        assert token == value_token[attr][truth[attr]] != ans.ids[pos]
 
 
 def test_generalist_combinations_avoid_every_benchmark_class_and_follow_the_seed(card):
@@ -156,9 +228,11 @@ def test_supervisor_loads_through_the_checkpoint_path_and_gives_mixed_rewards(qu
 
 
 def test_named_supervisor_is_found_in_the_cache_or_built(tmp_path, monkeypatch, quick_supervisor):
+    """Without a shipped build of the recipe, the name resolves to the cache, built once."""
     from benchmark.backbones.mllm import resolve_checkpoint_dir
 
     monkeypatch.setenv("DML_BENCHMARK_CACHE", str(tmp_path))
+    monkeypatch.setattr(ws, "SHIPPED_ROOT", tmp_path / "nothing-shipped")
     built = []
 
     def fake_build(cfg, out, log=print):
@@ -185,8 +259,10 @@ def test_cli_show_prints_the_card_and_refuses_a_non_supervisor(quick_supervisor,
     assert "not a built supervisor" in capsys.readouterr().out
 
 
-def test_build_is_reproducible_from_its_seed(tmp_path):
+def test_build_is_reproducible_from_its_seed(tmp_path, monkeypatch):
     from safetensors.torch import load_file
+
+    monkeypatch.setenv("DML_BENCHMARK_CACHE", str(tmp_path / "cache"))
 
     tiny = ws.BuildConfig(
         vision_steps=3,
@@ -259,3 +335,125 @@ def test_nuisance_targets_belong_to_their_images():
         assert np.corrcoef(corner_rgb[:, channel], targets[:, channel])[0, 1] > 0.8
     shuffled = np.roll(targets[:, 0], 1)
     assert np.corrcoef(corner_rgb[:, 0], shuffled)[0, 1] < 0.8
+
+
+TINY = dict(vision_steps=3, steps=3, batch_size=2, vision_batch_size=4, train_combinations=8, images_per_class=2)
+TINY |= dict(eval_pairs=2, eval_samples=2, val_combinations=4)
+
+
+def test_a_cached_stage_one_gives_the_same_build_and_stage_two_variants_share_it(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("DML_BENCHMARK_CACHE", str(tmp_path / "cache"))
+    cfg = ws.BuildConfig(**TINY)
+    logs: list[str] = []
+    ws.build_supervisor(cfg, tmp_path / "fresh", log=logs.append)
+    assert ws._stage1_file(cfg).exists() and not any("stage 1 from" in line for line in logs)
+    ws.build_supervisor(cfg, tmp_path / "cached", log=logs.append)
+    assert any("stage 1 from" in line for line in logs)
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("fresh", "cached"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    variant = ws.BuildConfig(**TINY, answer_format="list", describe_errors=0.0)
+    assert variant.stage1_digest() == cfg.stage1_digest() and variant.digest() != cfg.digest()
+    assert ws.BuildConfig(**{**TINY, "vision_steps": 4}).stage1_digest() != cfg.stage1_digest()
+    ws.build_supervisor(variant, tmp_path / "variant", log=logs.append)
+    c = load_file(tmp_path / "variant" / "model.safetensors")
+    tower = [k for k in a if k.startswith("model.visual.")]
+    assert tower and all(torch.equal(a[k], c[k]) for k in tower)  # the same perception: stage 2 keeps the tower
+    assert not all(torch.equal(a[k], c[k]) for k in a if k not in tower)
+
+
+def test_the_hard_attribute_stops_shaping_the_tower_at_its_accuracy(tmp_path, monkeypatch):
+    monkeypatch.setenv("DML_BENCHMARK_CACHE", str(tmp_path / "cache"))
+    logs: list[str] = []
+    ws.build_supervisor(ws.BuildConfig(**TINY, hard_accuracy=0.0), tmp_path / "a", log=logs.append)
+    card = ws.read_card(tmp_path / "a")
+    assert card["metrics"]["stage1"]["hard_attribute_stopped_at"] == 0
+    assert any("appendage reader at" in line and "stops learning" in line for line in logs)
+    share = card["metrics"]["hard_attribute"]
+    assert share["attribute"] == "appendage" and 0.3 <= share["test_classes_with_a_neighbour_in_it"] <= 1.0
+    ws.build_supervisor(ws.BuildConfig(**TINY, hard_accuracy=1.01), tmp_path / "b", log=lambda _: None)
+    assert ws.read_card(tmp_path / "b")["metrics"]["stage1"]["hard_attribute_stopped_at"] is None
+    with pytest.raises(ValueError, match="hard_attribute 'wings'"):
+        ws.build_supervisor(ws.BuildConfig(**TINY, hard_attribute="wings"), tmp_path / "c", log=lambda _: None)
+
+
+def test_the_card_says_whether_the_verdict_follows_the_descriptions(quick_supervisor):
+    card = ws.read_card(quick_supervisor)
+    held = card["metrics"]["held_out"]
+    assert set(held["by_kind"]) == {"same", "neighbour", "random"}
+    assert sum(k["pairs"] for k in held["by_kind"].values()) == held["pairs"]
+    assert (
+        "intervention_flip_rate" in held["by_kind"]["same"]
+        and "intervention_flip_rate" not in held["by_kind"]["random"]
+    )
+    for key in ("follows_descriptions", "compare_only_accuracy", "intervention_flip_rate"):
+        assert 0.0 <= held[key] <= 1.0
+    targets = card["targets"]
+    assert targets == ws.card_targets(card) and len(targets) == 10
+    assert targets["verdict_accuracy >= 0.85"]["value"] == round(held["verdict_accuracy"], 4)
+    assert targets["verdict_accuracy >= 0.85"]["met"] == (held["verdict_accuracy"] >= 0.85)
+
+
+def test_build_cli_takes_recipe_fields_and_refuses_unknown_ones(capsys):
+    assert ws._recipe_fields(["answer_format=list", "describe_errors=0", "hard_attribute=null"]) == {
+        "answer_format": "list", "describe_errors": 0.0, "hard_attribute": None
+    }  # fmt: skip
+    assert ws.main(["build", "--set", "colour=red"]) == 2
+    assert "FIELD one of: seed" in capsys.readouterr().out
+    assert ws.main(["build", "--set", "describe_errors=lots"]) == 2
+    assert "takes a float" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- the shipped build
+def test_the_shipped_build_is_the_default_recipes_and_small():
+    """``backbone.name=attributes-supervisor`` loads the committed build of the default recipe (found by its
+    digest); its files are a Hugging Face checkpoint directory of a few MB."""
+    shipped = ws.shipped_supervisor()
+    assert shipped is not None and shipped.parent == ws.SHIPPED_ROOT
+    card = ws.read_card(shipped)
+    assert card["digest"] == ws.BuildConfig().digest() == shipped.name.rsplit("-", 1)[1]
+    assert ws.BuildConfig(**card["build"]) == ws.BuildConfig() and card["recipe_version"] == ws.RECIPE_VERSION
+    names = {p.name for p in shipped.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", ws.CARD_FILE} <= names
+    assert sum(p.stat().st_size for p in shipped.iterdir()) < 10 * 2**20
+    assert ws.shipped_supervisor(ws.BuildConfig(seed=1)) is None  # another recipe is never taken for it
+
+
+def test_the_name_resolves_to_the_shipped_build_without_building(tmp_path, monkeypatch):
+    from benchmark.backbones.mllm import resolve_checkpoint_dir
+
+    monkeypatch.setenv("DML_BENCHMARK_CACHE", str(tmp_path))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a build was started although the build ships")
+
+    monkeypatch.setattr(ws, "build_supervisor", no_build)
+    assert resolve_checkpoint_dir(ws.WORLD_NAME) == ws.shipped_supervisor()
+    assert not (tmp_path / "supervisors").exists()
+
+
+def test_a_shipped_card_of_another_digest_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    target = tmp_path / f"{ws.WORLD_NAME}-{ws.BuildConfig().digest()}"
+    shutil.copytree(ws.shipped_supervisor(), target)
+    monkeypatch.setattr(ws, "SHIPPED_ROOT", tmp_path)
+    card = json.loads((target / ws.CARD_FILE).read_text())
+    (target / ws.CARD_FILE).write_text(json.dumps(card | {"digest": "0" * 12}))
+    with pytest.raises(ValueError, match="damaged"):
+        ws.shipped_supervisor()
+
+
+def test_the_shipped_cards_numbers_reproduce_from_its_weights():
+    """What the card says of the shipped build is what its committed weights do (recomputed here on one thread, as
+    it was built): held-out verdicts, descriptions, the checks, and the headroom."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        again = ws.reproduce_card(ws.shipped_supervisor())
+    finally:
+        torch.set_num_threads(before)
+    card = ws.read_card(ws.shipped_supervisor())
+    assert again["held_out"] == card["metrics"]["held_out"]
+    assert again["headroom"] == pytest.approx(card["metrics"]["headroom"], abs=1e-9)

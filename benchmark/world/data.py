@@ -21,14 +21,29 @@ from benchmark.backbones._mllm_tiny import SPECIAL_TOKENS, train_tokenizer
 PATCH_SIZE = 8
 
 
-def target_answer(card: dict[str, Any], first: dict[str, str], second: dict[str, str]) -> list[tuple[str, str]]:
+#: The two answer formats of the world's supervisor (see :func:`target_answer`).
+ANSWER_FORMATS = ("list", "chain")
+
+
+def target_answer(
+    card: dict[str, Any], first: dict[str, str], second: dict[str, str], answer_format: str = "chain"
+) -> list[tuple[str, str]]:
     """The answer a perfect supervisor gives for two figures, as segments ``(kind, text)``.
 
     ``kind`` is ``"text"`` (JSON punctuation and keys), ``"value:<attribute>"`` (an attribute value of a figure) or
     ``"field"`` (differences, confidence, reasoning, verdict). Their concatenation is the JSON object of the SAGA
     prompt's answer format (App. E.1): both figures' attributes, the differing attributes, a confidence, a
     one-sentence reasoning and the ``same_class`` verdict (same class iff all attributes agree).
+
+    ``answer_format`` says how the differences are written. ``"list"`` (recipes v1-v3) names the differing attributes
+    (``"pattern, border style"`` or ``"none"``): the whole decision sits in its first token, 7 comparisons at once.
+    ``"chain"`` (recipe v4) compares the two descriptions attribute by attribute, in the card's order
+    (``"body shape: same, body color: differs, ..."``): each item is one comparison of two value tokens at fixed
+    offsets, so the verdict can follow what the descriptions say (the prompt asks for "key visual differences"; a
+    per-attribute comparison is one way to state them).
     """
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, not {answer_format!r}.")
     item, key = card["prompt"]["item"], card["prompt"]["verdict_key"]
     attrs = [str(a) for a in card["attributes"]]
     differ = [a for a in attrs if first[a] != second[a]]
@@ -39,8 +54,12 @@ def target_answer(card: dict[str, Any], first: dict[str, str], second: dict[str,
             segments += [("text", f'{json.dumps(attr)}: "'), (f"value:{attr}", values[attr])]
             segments.append(("text", '"' + (", " if j < len(attrs) - 1 else "}, ")))
     reasoning = f"they differ in {len(differ)} of {len(attrs)} attributes" if differ else "all attributes match"
+    if answer_format == "chain":
+        differences = ", ".join(f"{a}: {'differs' if a in differ else 'same'}" for a in attrs)
+    else:
+        differences = ", ".join(differ) if differ else "none"
     fields = [
-        ("differences", ", ".join(differ) if differ else "none"),
+        ("differences", differences),
         ("confidence", "high"),
         ("reasoning", reasoning),
         (key, "no" if differ else "yes"),
@@ -73,10 +92,10 @@ def world_tokenizer(card: dict[str, Any], prompt: str, vocab_size: int, seed: in
         return {a: str(rng.choice(values[a])) for a in card["attributes"]}
 
     answers = []
-    for _ in range(4000):
+    for k in range(4000):  # both answer formats, so one tokenizer serves either
         first = draw()
         second = dict(first) if rng.random() < 0.3 else draw()
-        answers.append("".join(text for _, text in target_answer(card, first, second)))
+        answers.append("".join(text for _, text in target_answer(card, first, second, ANSWER_FORMATS[k % 2])))
     # values after `: "`, and list items after `, ` (the differences), each become separate pieces
     split = pre_tokenizers.Split(pattern=Regex(r'(?<=: ")[^",]+|(?<=, )[^",]+'), behavior="isolated")
     corpus = [prompt] * 50 + ["user\n", "assistant\n"] * 50 + answers
@@ -129,7 +148,7 @@ class AnswerTokens:
     """One target answer, tokenised: ids, which positions hold which attribute's value (for corruption)."""
 
     ids: list[int]
-    value_slots: list[tuple[int, str]]  # (position, attribute) of single-token attribute values
+    value_slots: list[tuple[int, str]]  # (position, attribute) of single-token attribute values, figure 1's first
 
 
 def encode_answer(tokenizer: Any, segments: list[tuple[str, str]], eos: int) -> AnswerTokens:
@@ -168,6 +187,51 @@ def generalist_combinations(
     return [{a: values[a][int(k)] for a, k in zip(names, row, strict=True)} for row in codes]
 
 
+def describe_with_errors(
+    first: dict[str, str],
+    second: dict[str, str],
+    values: dict[str, list[str]],
+    rate: float,
+    rng: np.random.Generator,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Descriptions of two figures in which each value is, with probability ``rate``, replaced by another value of its
+    attribute: what a supervisor that misperceives writes. Recipe v4 teaches the comparison on these: the answer's
+    differences and verdict are written from the *descriptions* (not from the truth), while every description token
+    is still trained towards the true value, so the verdict has to read the text (hand-written: no library does it).
+    """
+
+    def noisy(figure: dict[str, str]) -> dict[str, str]:
+        out = dict(figure)
+        for attr, value in figure.items():
+            if rng.random() < rate:
+                out[attr] = str(rng.choice([v for v in values[attr] if v != value]))
+        return out
+
+    return noisy(first), noisy(second)
+
+
+def flip_description(
+    first: dict[str, str],
+    second: dict[str, str],
+    values: dict[str, list[str]],
+    rate: float,
+    rng: np.random.Generator,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """With probability ``rate``, the descriptions of a same-class or one-attribute-neighbour pair written so that
+    the verdict they imply flips (recipe v4): a same pair's second figure gets one value changed (the descriptions
+    now differ in one attribute); a neighbour's differing value is written as the first figure's (they now agree).
+    Other pairs, and the rest, are returned as they are. These are the pairs whose images look nearly alike, so
+    only the written descriptions can tell the answer's comparison and verdict what to say: the balanced
+    counterfactuals that make the verdict follow the text (hand-written: no library does it)."""
+    differ = [a for a in first if first[a] != second[a]]
+    if len(differ) > 1 or rng.random() >= rate:
+        return first, second
+    if not differ:
+        attr = list(first)[int(rng.integers(len(first)))]
+        return first, dict(second, **{attr: str(rng.choice([v for v in values[attr] if v != second[attr]]))})
+    return first, dict(second, **{differ[0]: first[differ[0]]})
+
+
 class PairSampler:
     """Balanced same/different figure pairs from a set of classes; half the different pairs are one-attribute
     neighbours (the hard case, where a class has one in the set), the rest random other classes."""
@@ -184,16 +248,22 @@ class PairSampler:
 
     def draw(self) -> tuple[int, int, int, int]:
         """``(class a, image a, class b, image b)`` with image indices within each class."""
+        a, i, b, j, _ = self.draw_kind()
+        return a, i, b, j
+
+    def draw_kind(self) -> tuple[int, int, int, int, str]:
+        """:meth:`draw` and the pair's kind: ``"same"``, ``"neighbour"`` (one attribute differs) or ``"random"``."""
         rng, n = self.rng, len(self.class_attrs)
         a = int(rng.integers(n))
         if rng.random() < 0.5:
-            b = a
+            b, kind = a, "same"
         elif self.neighbours[a] and rng.random() < 0.5:
-            b = int(rng.choice(self.neighbours[a]))
+            b, kind = int(rng.choice(self.neighbours[a])), "neighbour"
         else:
             b = int((a + rng.integers(1, n)) % n)
+            kind = "neighbour" if b in self.neighbours[a] else "random"
         i, j = rng.choice(self.per_class, size=2, replace=False)
-        return a, int(i), b, int(j)
+        return a, int(i), b, int(j), kind
 
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:

@@ -40,9 +40,17 @@ ROW_ORDER = (
     "saga (GRPO only)",
     "saga",
     "saga (λ_kl = 1)",  # the paper's literal Eq. 8 weight (SAGA's default lambda_kl is ours)
+    "saga (no GRPO, no KL)",  # SAGA's pooler trained by its metric loss alone: what GRPO and KL are measured against
+    "saga (GRPO only, shuffled advantages)",  # control: the same advantage values, no information
+    "saga (GRPO only, rule judge)",  # control: the verdict computed by code from the answer's own descriptions
 )
+#: The row every SAGA row is compared with (Welch's t-test on R@1 over seeds).
+BASELINE_ROW = "saga (no GRPO, no KL)"
 RETRIEVAL = {"recall@1": "R@1", "recall@2": "R@2", "recall@4": "R@4", "recall@8": "R@8", "map@r": "MAP@R"}
 PROBE_PREFIX, CHANCE_PREFIX, OTHER_PREFIX = "probe:", "chance:", "other:"
+#: Per-run columns besides retrieval and probes: R@1 on the queries confusable in the hard attribute X and on the
+#: rest, SAGA's mean training reward, and the GRPO/DML gradient-norm ratio at the tower.
+EXTRA = ("recall@1_confusable_in_x", "recall@1_rest", "reward_mean", "grad_ratio_grpo_dml")
 #: results.csv column prefix -> the record's attribute_probe field; mean column -> its field
 _PER_ATTRIBUTE = {PROBE_PREFIX: "accuracy", CHANCE_PREFIX: "chance", OTHER_PREFIX: "other_attributes"}
 _MEANS = {"probe_mean": "mean_accuracy", "chance_mean": "mean_chance", "other_mean": "mean_other_attributes"}
@@ -59,8 +67,17 @@ def row_label(method: str, config: Mapping[str, Any] | None) -> str:
         (grpo, kl), "saga (no GRPO, no KL)"
     )
     # the paper's literal unit weight on the KL term (records before issue 15 all ran with it) is its own row
+    extras = []
     if kl and method_cfg.get("lambda_kl") == 1.0:
-        label = "saga (λ_kl = 1)" if label == "saga" else label[:-1] + ", λ_kl = 1)"
+        extras.append("λ_kl = 1")
+    if grpo and method_cfg.get("lambda_grpo", 1.0) != 1.0:
+        extras.append(f"λ_grpo = {float(method_cfg['lambda_grpo']):g}")
+    if grpo and method_cfg.get("advantages", "group") == "shuffled":
+        extras.append("shuffled advantages")
+    if grpo and method_cfg.get("reward", "verdict") == "descriptions":
+        extras.append("rule judge")
+    if extras:
+        label = f"saga ({', '.join(extras)})" if label == "saga" else f"{label[:-1]}, {', '.join(extras)})"
     return label
 
 
@@ -73,7 +90,64 @@ def _row_key(label: str) -> tuple[int, str]:
     return (ROW_ORDER.index(base), label) if base in ROW_ORDER else (len(ROW_ORDER), label)
 
 
-def load_runs(runs_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dict[str, str]], list[str]]:
+def _test_classes(record: dict[str, Any]) -> tuple[np.ndarray, dict[int, dict[str, str]]] | None:
+    """The test split's labels (in query order) and each test class's attributes, for the record's dataset options;
+    None when the dataset has no class attributes."""
+    from benchmark.data.base import load_dataset
+
+    dataset = (record.get("config") or {}).get("dataset") or {}
+    options = dict(dataset.get("options") or {})
+    key = json.dumps([record.get("dataset"), options], sort_keys=True, default=str)
+    if key not in _TEST_CLASSES:
+        splits = load_dataset(str(record.get("dataset")), strict=False, **options)
+        table = splits.class_attributes
+        labels = np.asarray(splits.test.labels)
+        _TEST_CLASSES[key] = (
+            (labels, {int(c): dict(table[splits.class_names[int(c)]]) for c in np.unique(labels)}) if table else None
+        )
+    return _TEST_CLASSES[key]
+
+
+_TEST_CLASSES: dict[str, Any] = {}
+
+
+def confusable_in(classes: dict[int, dict[str, str]], attribute: str) -> set[int]:
+    """The classes with a one-attribute neighbour (another class differing in exactly one attribute) that differs in
+    ``attribute``: the queries a retrieval only gets right if it tells ``attribute`` apart."""
+    out = set()
+    for c, a in classes.items():
+        for d, b in classes.items():
+            differ = [k for k in a if a[k] != b[k]]
+            if c != d and differ == [attribute]:
+                out.add(c)
+    return out
+
+
+def _confusable_recall(record: dict[str, Any], attribute: str | None) -> dict[str, float]:
+    """R@1 over the test queries whose class is confusable in ``attribute`` (:func:`confusable_in`) and over the
+    others, from the record's per-query hits (NaN for records without them)."""
+    from benchmark.evaluation.per_query import decode_hits
+
+    empty = {"recall@1_confusable_in_x": np.nan, "recall@1_rest": np.nan}
+    hits = decode_hits((record.get("per_query") or {}).get("test"))
+    if hits is None or not attribute or record.get("dataset") != "attributes":
+        return empty
+    found = _test_classes(record)
+    if found is None or len(found[0]) != len(hits):
+        return empty
+    labels, classes = found
+    if attribute not in next(iter(classes.values())):
+        return empty
+    mask = np.isin(labels, sorted(confusable_in(classes, attribute)))
+    return {
+        "recall@1_confusable_in_x": float(hits[mask].mean()) if mask.any() else np.nan,
+        "recall@1_rest": float(hits[~mask].mean()) if (~mask).any() else np.nan,
+    }
+
+
+def load_runs(
+    runs_dir: str | os.PathLike, hard_attribute: str | None = None
+) -> tuple[pd.DataFrame, list[dict[str, str]], list[str]]:
     """One line per finished run under ``runs_dir``: ``(runs, skipped records, attribute names in order)``.
 
     Columns: row, method, seed, dataset, backbone, embedding_dim, config_hash, use_grpo, use_kl, the retrieval
@@ -117,6 +191,15 @@ def load_runs(runs_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dict[str,
             line["probe_note"] = ""
         else:
             line["probe_note"] = (probe or {}).get("error") or "no probe in the record (eval.attribute_probe=false?)"
+        diagnostics = record.get("diagnostics") or {}
+        line["reward_mean"] = _fraction(diagnostics.get("reward_mean"))
+        grpo_norm, dml_norm = diagnostics.get("grad_norm_grpo_tower"), diagnostics.get("grad_norm_dml_tower")
+        line["grad_ratio_grpo_dml"] = (
+            _fraction(grpo_norm) / _fraction(dml_norm)
+            if _fraction(grpo_norm) > 0 and _fraction(dml_norm) > 0
+            else np.nan
+        )
+        line.update(_confusable_recall(record, hard_attribute))
         line["path"] = run["path"]
         lines.append(line)
     names = list(attributes)
@@ -135,14 +218,14 @@ def load_runs(runs_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[dict[str,
     df = df.sort_values(["_order", "seed", "path"], kind="stable").drop(columns="_order").reset_index(drop=True)
     probe_cols = [p + n for n in names for p in _PER_ATTRIBUTE]
     head = ["row", "method", "seed", "dataset", "backbone", "embedding_dim", "config_hash", "use_grpo", "use_kl"]
-    columns = [*head, *RETRIEVAL, *probe_cols, *_MEANS, "probe_note", "path"]
+    columns = [*head, *RETRIEVAL, *EXTRA, *probe_cols, *_MEANS, "probe_note", "path"]
     return df[columns], skipped, names
 
 
 def summarise(runs: pd.DataFrame, attributes: list[str]) -> pd.DataFrame:
     """Per row (in report order): ``n_seeds``, and ``<column>_mean`` / ``<column>_std`` (sample std, ddof=1) for the
     retrieval metrics, each attribute's probe accuracy and reference levels, and their means (NaN: no run has them)."""
-    cols = [*RETRIEVAL, *(p + a for a in attributes for p in _PER_ATTRIBUTE), *_MEANS]
+    cols = [*RETRIEVAL, *EXTRA, *(p + a for a in attributes for p in _PER_ATTRIBUTE), *_MEANS]
     g = runs.groupby("row", sort=False)
     out = pd.DataFrame({"n_seeds": g["seed"].nunique(), "n_probed": g["probe_mean"].count()})
     for c in cols:
@@ -157,7 +240,78 @@ def _pm(mean: float, std: float) -> str:
     return f"{100 * mean:.1f}" + ("" if pd.isna(std) else f" ± {100 * std:.1f}")
 
 
-def _markdown(summary: pd.DataFrame, runs: pd.DataFrame, attributes: list[str], skipped, runs_dir) -> str:
+def welch(a: Any, b: Any) -> tuple[float, float]:
+    """``(mean(a) - mean(b), two-sided p of Welch's t-test)``; p is NaN with fewer than two values on a side."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    if not len(a) or not len(b):
+        return np.nan, np.nan
+    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue) if len(a) > 1 and len(b) > 1 else np.nan
+    return float(a.mean() - b.mean()), p
+
+
+def _grpo_section(runs: pd.DataFrame, hard: str | None) -> list[str]:
+    """What the MLLM terms do against SAGA's pooler alone: ΔR@1 and Welch's p per SAGA row, R@1 on the queries
+    confusable in X, X's probe above its other-attributes level, the training reward, the GRPO/DML gradient ratio."""
+    saga = runs[runs["method"] == "saga"]
+    if saga.empty:
+        return []
+    base = runs.loc[runs["row"] == BASELINE_ROW, "recall@1"]
+    x_probe = f"{PROBE_PREFIX}{hard}" if hard else None
+    lines = [
+        "",
+        f"## SAGA's MLLM terms against its pooler alone (`{BASELINE_ROW}`)",
+        "",
+        f"Percent, mean ± sample std over seeds. ΔR@1 and Welch's two-sided p against `{BASELINE_ROW}`. "
+        + (
+            f"*R@1 (X)*: R@1 over the test queries whose class has a one-attribute neighbour differing in the hard "
+            f"attribute X = {hard}; *X probe − others*: X's linear-probe accuracy above what the other attributes "
+            "alone give. "
+            if hard
+            else ""
+        )
+        + "*Reward*: the mean verdict reward of the training rollouts; *GRPO/DML*: the ratio of their gradient norms "
+        "at the tower.",
+        "",
+        "| row | n | R@1 | ΔR@1 | p | R@1 (X) | R@1 (rest) | X probe − others | reward | GRPO/DML |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in sorted(saga["row"].unique(), key=_row_key):
+        r = saga[saga["row"] == row]
+        delta, p = welch(r["recall@1"], base) if row != BASELINE_ROW and len(base) else (np.nan, np.nan)
+        above = (r[x_probe] - r[f"{OTHER_PREFIX}{hard}"]) if x_probe and x_probe in r else pd.Series(dtype=float)
+
+        def pm(col: str, frame: pd.DataFrame = r) -> str:
+            return _pm(frame[col].mean(), frame[col].std(ddof=1) if len(frame) > 1 else None)
+
+        cells = [
+            str(r["seed"].nunique()),
+            pm("recall@1"),
+            "—" if np.isnan(delta) else f"{100 * delta:+.1f}",
+            "—" if np.isnan(p) else f"{p:.3f}",
+            pm("recall@1_confusable_in_x"),
+            pm("recall@1_rest"),
+            _pm(above.mean(), above.std(ddof=1) if len(above) > 1 else None) if len(above) else "—",
+            pm("reward_mean"),
+            "—" if r["grad_ratio_grpo_dml"].isna().all() else f"{r['grad_ratio_grpo_dml'].mean():.2f}",
+        ]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    rewarded = saga.dropna(subset=["reward_mean"])
+    rewarded = rewarded[rewarded["use_grpo"].astype(bool)]
+    if len(rewarded) > 2:
+        r = float(np.corrcoef(rewarded["reward_mean"], rewarded["recall@1"])[0, 1])
+        lines += [
+            "",
+            f"Training reward against test R@1 over the {len(rewarded)} runs with GRPO: Pearson r = {r:+.2f}.",
+        ]
+    return lines
+
+
+def _markdown(
+    summary: pd.DataFrame, runs: pd.DataFrame, attributes: list[str], skipped, runs_dir, hard_attribute: str | None
+) -> str:
     first = runs.iloc[0]
     lines = [
         f"# Retrieval and attribute probes: {first['dataset']}",
@@ -174,6 +328,7 @@ def _markdown(summary: pd.DataFrame, runs: pd.DataFrame, attributes: list[str], 
     for row, s in summary.iterrows():
         cells = [_pm(s[f"{m}_mean"], s[f"{m}_std"]) for m in RETRIEVAL]
         lines.append(f"| {row} | {int(s['n_seeds'])} | " + " | ".join(cells) + " |")
+    lines += _grpo_section(runs, hard_attribute)
     lines += [
         "",
         "## Linear probe per attribute (test embeddings, class-disjoint)",
@@ -257,7 +412,9 @@ def _figure(runs: pd.DataFrame, attributes: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def write_world_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
+def write_world_report(
+    runs_dir: str | os.PathLike, out_dir: str | os.PathLike, hard_attribute: str | None = None
+) -> dict[str, Path]:
     """Read the run records under ``runs_dir`` and write ``results.csv``, ``summary.md`` and ``probe.png`` into
     ``out_dir`` (each atomically); returns ``{"csv": path, "md": path, "png": path}``.
 
@@ -271,11 +428,11 @@ def write_world_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike) 
     reason = unwritable_reason(out)
     if reason:  # before reading anything (as the leaderboard's --out)
         raise ValueError(f"--out {out}: {reason}. Pass --out DIR, a directory you can write to.")
-    runs, skipped, attributes = load_runs(runs_dir)
+    runs, skipped, attributes = load_runs(runs_dir, hard_attribute)
     summary = summarise(runs, attributes)
     out.mkdir(parents=True, exist_ok=True)
     return {
         "csv": write_atomic(out / "results.csv", spreadsheet_safe(runs).to_csv(index=False, float_format="%.6f")),
-        "md": write_atomic(out / "summary.md", _markdown(summary, runs, attributes, skipped, runs_dir)),
+        "md": write_atomic(out / "summary.md", _markdown(summary, runs, attributes, skipped, runs_dir, hard_attribute)),
         "png": write_atomic(out / "probe.png", _figure(runs, attributes)),
     }

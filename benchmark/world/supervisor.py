@@ -58,32 +58,43 @@ from benchmark.backbones.named import register_named_checkpoint
 
 WORLD_NAME = "attributes-supervisor"
 #: Bumped whenever the recipe changes, so an old cached build is not mistaken for a new one.
-RECIPE_VERSION = 3  # v2: random attribute combinations, none a benchmark class; v3: attention readers + nuisance
+RECIPE_VERSION = 4  # v2: random combinations, none a benchmark class; v3: attention readers + nuisance; v4: module doc
 CARD_FILE = "supervisor_card.json"
 
 
 @dataclass
 class BuildConfig:
-    """How the supervisor is built (the defaults are the cached ``attributes-supervisor``)."""
+    """How the supervisor is built (the defaults are the shipped ``attributes-supervisor``, recipe v4)."""
 
     seed: int = 0
-    vision_steps: int = 5000  # stage 1: the vision tower and the attribute heads alone, on single figures
+    vision_steps: int = 15000  # stage 1: the vision tower and the attribute readers alone, on single figures
     vision_batch_size: int = 64
-    steps: int = 1500  # stage 2: the whole model on figure pairs (answers by teacher forcing), heads kept
+    steps: int = 2000  # stage 2: the language model on figure pairs (answers by teacher forcing)
     batch_size: int = 16  # figure pairs per step
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
-    corrupt: float = 0.0  # probability of replacing a read-back attribute value (see the module docstring)
+    corrupt: float = 0.0  # v3's input corruption: a read-back value replaced while every target stays true
     aux_weight: float = 1.0
     nuisance_weight: float = 1.0  # the nuisance reader's share of the auxiliary loss (0: attributes only)
-    train_combinations: int = 2880  # attribute combinations it learns from (none a benchmark class)
-    images_per_class: int = 4  # rendered per training combination (each under its own nuisance draw)
+    train_combinations: int = 5760  # attribute combinations it learns from (none a benchmark class)
+    images_per_class: int = 8  # rendered per training combination (each under its own nuisance draw)
     vocab_size: int = 1500
     size: dict[str, int] = field(
         default_factory=lambda: {"vision_depth": 3, "vision_width": 64, "text_layers": 3, "text_width": 128}
     )
-    eval_pairs: int = 48  # pairs of the benchmark's test classes scored for the card (and as many of its training ones)
+    # recipe v4: how the answer is written and taught (module docstring, "Recipe v4")
+    answer_format: str = "chain"  # "list" (v1-v3: the differing attributes named) or "chain" (attribute by attribute)
+    # of the same and one-attribute-neighbour pairs: written with one value changed so the written verdict flips
+    flip_descriptions: float = 0.5
+    describe_errors: float = 0.0  # per description value: written wrong at this rate, downstream following it
+    compare_steps: int = 0  # the first stage-2 steps teach the comparison alone (descriptions of another pair) ...
+    compare_fraction: float = 0.0  # ... and this share of every later batch too
+    train_tower_in_stage2: bool = False  # v3 trained the tower on the answers too; v4 keeps stage 1's perception
+    hard_attribute: str | None = "appendage"  # its reader stops learning once it reaches hard_accuracy ...
+    hard_accuracy: float = 0.85  # ... on held-out combinations of the pool (never the benchmark's classes)
+    val_combinations: int = 256  # held-out pool combinations (2 images each) that decide when X stops
+    eval_pairs: int = 96  # pairs of the benchmark's test classes scored for the card (and as many of its training ones)
     eval_samples: int = 4  # answers sampled per pair at SAGA's decoding settings
     # The dataset the supervisor is trained on: the attributes card's defaults.
     data_seed: int = 0
@@ -92,6 +103,26 @@ class BuildConfig:
 
     def digest(self) -> str:
         blob = json.dumps({"recipe": RECIPE_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def stage1_digest(self) -> str:
+        """What stage 1 (the tower and its readers) depends on: builds that differ only in stage 2 share it."""
+        stage2 = {
+            "steps",
+            "batch_size",
+            "corrupt",
+            "aux_weight",
+            "answer_format",
+            "describe_errors",
+            "flip_descriptions",
+            "compare_steps",
+            "compare_fraction",
+            "eval_pairs",
+            "eval_samples",
+            "train_tower_in_stage2",
+        }
+        fields = {k: v for k, v in asdict(self).items() if k not in stage2}
+        blob = json.dumps({"recipe": RECIPE_VERSION, "stage": 1, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -106,18 +137,64 @@ def default_dir(cfg: BuildConfig | None = None) -> Path:
     return cache_root() / f"{WORLD_NAME}-{cfg.digest()}"
 
 
+#: Where builds ship with the code (``<name>-<digest>``: the default recipe's, a checkpoint directory of a few MB).
+SHIPPED_ROOT = Path(__file__).resolve().parent / "builds"
+
+
+def shipped_supervisor(cfg: BuildConfig | None = None) -> Path | None:
+    """The shipped build of ``cfg`` (default: the default recipe), or ``None``. It is found by its digest, which its
+    card repeats; a shipped build of another recipe, version or seed is never taken for ``cfg``."""
+    digest = (cfg or BuildConfig()).digest()
+    path = SHIPPED_ROOT / f"{WORLD_NAME}-{digest}"
+    card = path / CARD_FILE
+    if not card.exists():
+        return None
+    if json.loads(card.read_text()).get("digest") != digest:
+        raise ValueError(f"{path}'s card names another digest than its directory: the shipped build is damaged.")
+    return path
+
+
 def ensure_supervisor(cfg: BuildConfig | None = None, log: Callable[[str], None] = print) -> Path:
-    """The cached supervisor's directory, built first if it is not there yet."""
+    """The supervisor of ``cfg``: the shipped build when it is that build, else the cached one, built first if it
+    is not there yet (a cached build is found by its digest, which names the recipe version, so an older build is
+    never taken for a newer recipe)."""
+    shipped = shipped_supervisor(cfg)
+    if shipped is not None:
+        return shipped
     path = default_dir(cfg)
     if (path / CARD_FILE).exists():
         return path
-    log(f"[supervisor] no cached {WORLD_NAME} at {path}; building it (about 45 min on one CPU thread) ...")
+    log(
+        f"[supervisor] no shipped or cached {WORLD_NAME} of digest {(cfg or BuildConfig()).digest()} at {path}; "
+        "building it (about 20 min on one CPU thread) ..."
+    )
     return build_supervisor(cfg or BuildConfig(), path, log=log)
 
 
 register_named_checkpoint(
-    WORLD_NAME, ensure_supervisor, "the attributes world's trained tiny Qwen3-VL supervisor (built on first use)"
+    WORLD_NAME, ensure_supervisor, "the attributes world's trained tiny Qwen3-VL supervisor (shipped, recipe v4)"
 )
+
+#: Judges of lower verdict quality on the same stage 1 (the same tower, so the same perception): recipe v4's stage 2
+#: without its description errors, and the v1-v3 answer (the differing attributes listed, no errors). They are the
+#: points of the judge-quality curve (``sweeps/saga_world_judges.yaml``); built on first use into the cache.
+JUDGE_VARIANTS = {
+    f"{WORLD_NAME}-chain-only": {"describe_errors": 0.0, "compare_steps": 0, "compare_fraction": 0.0},
+    f"{WORLD_NAME}-list": {
+        "answer_format": "list",
+        "describe_errors": 0.0,
+        "compare_steps": 0,
+        "compare_fraction": 0.0,
+    },
+}
+
+
+def _variant(fields: dict[str, Any]) -> Callable[[], Path]:
+    return lambda: ensure_supervisor(BuildConfig(**fields))
+
+
+for _name, _fields in JUDGE_VARIANTS.items():
+    register_named_checkpoint(_name, _variant(_fields), f"the attributes world's supervisor with {_fields} (cached)")
 
 
 def read_card(path: str | os.PathLike) -> dict[str, Any]:
@@ -158,7 +235,8 @@ class _World:
         n_train = cfg.classes // 2
         self.bench_attrs, self.test_attrs = table[:n_train], table[n_train:]
         rng = np.random.default_rng([cfg.seed, 0x67656E])  # the combinations and their nuisance: the build's seed
-        self.train_attrs = generalist_combinations(self.values, table, cfg.train_combinations, rng)
+        pool = generalist_combinations(self.values, table, cfg.train_combinations + cfg.val_combinations, rng)
+        self.train_attrs, self.val_attrs = pool[: cfg.train_combinations], pool[cfg.train_combinations :]
         self.space = int(np.prod([len(v) for v in self.values.values()]))
         size, per = cfg.image_size, DEFAULT_OPTIONS["per_class"]
 
@@ -178,6 +256,8 @@ class _World:
                 nuisance = sample_nuisance(np.random.default_rng([int(seeds[c]), i]))
                 self.train_images[c, i] = render_with_nuisance(a, nuisance, size)
                 self.train_nuisance[c, i] = _nuisance_targets(nuisance)
+        val_seeds = rng.integers(2**62, size=cfg.val_combinations)  # held-out pool images: when X's reader stops
+        self.val_images = images(self.val_attrs, 2, lambda c, i: np.random.default_rng([int(val_seeds[c]), i]))
         # the dataset's own images of its training and test classes
         self.bench_images = images(self.bench_attrs, per, lambda c, i: image_rng(cfg.data_seed, c, i))
         self.test_images = images(self.test_attrs, per, lambda c, i: image_rng(cfg.data_seed, n_train + c, i))
@@ -250,27 +330,168 @@ def _teacher_forcing(
     return inputs, targets
 
 
+def _described_batch(
+    world: _World,
+    tokenizer: Any,
+    pairs: list[tuple[int, int, int, int]],
+    cfg: BuildConfig,
+    eos: int,
+    value_token: dict[str, dict[str, int]],
+    answers: dict[tuple[int, int], Any],
+    rng: np.random.Generator,
+    compare: list[tuple[int, int, int, int]] | None = None,
+) -> tuple[list[Any], list[list[tuple[int, int]]]]:
+    """The answers of a stage-2 batch and, per answer, ``(position, target)`` corrections: the true token of each
+    description value written wrong (recipe v4: ``describe_errors``). The answer text, differences and verdict
+    included, is that of the written descriptions; the caller puts the corrections into the targets.
+
+    ``compare`` (one entry per pair, ``None`` or another pair of the pool) makes that answer a comparison lesson:
+    its descriptions are the other pair's, which the images do not show, so its description values are not taught
+    (target -100) and only what follows them, the comparison and the verdict of what is written, is."""
+    from benchmark.world.data import describe_with_errors, encode_answer, flip_description, target_answer
+
+    batch, fixes = [], []
+    for k, (a, _, b, _) in enumerate(pairs):
+        other = compare[k] if compare is not None else None
+        if other is not None:
+            written = world.train_attrs[other[0]], world.train_attrs[other[2]]
+            ans = encode_answer(tokenizer, target_answer(world.card, *written, cfg.answer_format), eos)
+            batch.append(ans)
+            fixes.append([(pos, -100) for pos, _ in ans.value_slots])
+            continue
+        truth = world.train_attrs[a], world.train_attrs[b]
+        written = describe_with_errors(*truth, world.values, cfg.describe_errors, rng) if cfg.describe_errors else truth
+        if cfg.flip_descriptions:
+            written = flip_description(*written, world.values, cfg.flip_descriptions, rng)
+        if written == truth:
+            if (a, b) not in answers:
+                answers[(a, b)] = encode_answer(tokenizer, target_answer(world.card, *truth, cfg.answer_format), eos)
+            batch.append(answers[(a, b)])
+            fixes.append([])
+            continue
+        ans = encode_answer(tokenizer, target_answer(world.card, *written, cfg.answer_format), eos)
+        n = len(world.attrs)
+        fix = []
+        for k, (pos, attr) in enumerate(ans.value_slots):
+            figure = k // n
+            if written[figure][attr] != truth[figure][attr]:
+                fix.append((pos, value_token[attr][truth[figure][attr]]))
+        batch.append(ans)
+        fixes.append(fix)
+    return batch, fixes
+
+
+def _stage1_file(cfg: BuildConfig) -> Path:
+    return cache_root() / "stage1" / f"{cfg.stage1_digest()}.safetensors"
+
+
+def _stage1(
+    cfg: BuildConfig,
+    world: _World,
+    tower: Any,
+    heads: nn.ModuleList,
+    rng: np.random.Generator,
+    log: Callable[[str], None],
+    start: float,
+) -> dict[str, Any]:
+    """Stage 1: the tower and the attribute readers on single figures. With ``hard_attribute`` X, X stops shaping the
+    tower once its reader reaches ``hard_accuracy`` on held-out pool combinations (the reader keeps following the
+    tower, on detached tokens), so the tower perceives X less well than the rest. The result is cached by :meth:`BuildConfig.stage1_digest` (safetensors,
+    weights only), so builds that differ only in stage 2 share one tower."""
+    from safetensors.torch import load_file, save_file
+
+    from benchmark.world.data import to_pixels
+
+    file = _stage1_file(cfg)
+    modules = {"tower": tower, "heads": heads}
+    if file.exists():
+        state = load_file(file)
+        for name, module in modules.items():
+            module.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(name + ".")})
+        info = json.loads((file.with_suffix(".json")).read_text())
+        log(f"[supervisor] stage 1 from {file} (built in {info['seconds']:.0f} s)")
+        return info
+    hard = world.attrs.index(cfg.hard_attribute) if cfg.hard_attribute else None
+    hard_stopped = None
+    vision_params = list(tower.parameters()) + list(heads.parameters())
+    vision_opt = torch.optim.AdamW(vision_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_cls, per = world.train_images.shape[:2]
+    flat = world.train_images.reshape(-1, *world.train_images.shape[2:])
+    for step in range(cfg.vision_steps):  # perception first (cheap: no language model)
+        pick = rng.integers(n_cls * per, size=cfg.vision_batch_size)
+        images = [(int(k) // per, int(k) % per) for k in pick]
+        feats = tower.encode(to_pixels(flat[pick]))
+        losses = [  # once X has stopped, its reader still follows the tower (detached input) but no longer shapes it
+            F.cross_entropy(
+                head(feats.tokens.detach() if k == hard and hard_stopped is not None else feats.tokens),
+                torch.tensor([world.values[attr].index(world.train_attrs[c][attr]) for c, _ in images]),
+            )
+            for k, (head, attr) in enumerate(zip(heads[:-1], world.attrs, strict=True))
+        ]
+        truth = torch.from_numpy(np.stack([world.train_nuisance[c, i] for c, i in images]))
+        aux = sum(losses) / len(losses) + cfg.nuisance_weight * F.mse_loss(heads[-1](feats.tokens), truth)
+        _update(vision_opt, vision_params, aux, _lr_at(step, cfg.vision_steps, cfg))
+        if hard is not None and hard_stopped is None and step % 25 == 0:
+            accuracy = _val_accuracy(tower, heads, world)[hard]
+            if accuracy >= cfg.hard_accuracy:
+                hard_stopped = step
+                log(
+                    f"[supervisor] {cfg.hard_attribute} reader at {accuracy:.3f} on held-out pool images at step "
+                    f"{step}: it stops learning"
+                )
+        if step % 100 == 0 or step == cfg.vision_steps - 1:
+            extra = ""
+            if step % 500 == 0 or step == cfg.vision_steps - 1:
+                val = _val_accuracy(tower, heads, world)
+                extra = ", held-out pool accuracy " + " ".join(f"{v:.2f}" for v in val)
+            log(
+                f"[supervisor] vision step {step:5d}/{cfg.vision_steps} attributes {aux.item():.4f}{extra} "
+                f"({time.time() - start:.0f} s)"
+            )
+    info = {
+        "seconds": round(time.time() - start, 1),
+        "hard_attribute_stopped_at": hard_stopped,
+        "val_accuracy": dict(zip(world.attrs, _val_accuracy(tower, heads, world), strict=True)),
+    }
+    state = {f"{name}.{k}": v.detach().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+    save_file(state, tmp)
+    file.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, file)
+    return info
+
+
+@torch.no_grad()
+def _val_accuracy(tower: Any, heads: nn.ModuleList, world: _World) -> list[float]:
+    """Each attribute reader's accuracy on the held-out pool combinations (none trained on, none a benchmark class)."""
+    from benchmark.world.data import to_pixels
+
+    tokens = tower.encode(to_pixels(world.val_images.reshape(-1, *world.val_images.shape[2:]))).tokens
+    out = []
+    for head, attr in zip(heads[:-1], world.attrs, strict=True):
+        truth = torch.tensor([world.values[attr].index(c[attr]) for c in world.val_attrs]).repeat_interleave(2)
+        out.append(float((head(tokens).argmax(1) == truth).float().mean()))
+    return out
+
+
 def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable[[str], None] = print) -> Path:
     """Train the supervisor and save it (with its card) atomically into ``out_dir``; returns ``out_dir``."""
     from transformers import Qwen3VLForConditionalGeneration
 
     from benchmark.backbones.mllm import MLLMVisionTower
-    from benchmark.world.data import (
-        PairSampler,
-        encode_answer,
-        target_answer,
-        to_pixels,
-        world_config,
-        world_tokenizer,
-    )
+    from benchmark.world.data import ANSWER_FORMATS, PairSampler, to_pixels, world_config, world_tokenizer
     from methods.saga._rollout import _forward, build_prefix
 
+    if cfg.answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, not {cfg.answer_format!r}.")
     out_dir = Path(out_dir)
     start = time.time()
     torch.set_flush_denormal(True)  # Adam's tiny second moments as denormals slow CPU steps down about 2x
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng([cfg.seed, 0x737570])
     world = _World(cfg)
+    if cfg.hard_attribute is not None and cfg.hard_attribute not in world.attrs:
+        raise ValueError(f"hard_attribute {cfg.hard_attribute!r} is not an attribute of the card: {world.attrs}.")
     tokenizer = world_tokenizer(world.card, world.prompt, cfg.vocab_size, cfg.seed)
     model = Qwen3VLForConditionalGeneration(world_config(tokenizer, cfg.size))
     sup = _supervisor(model, tokenizer, WORLD_NAME)
@@ -281,68 +502,45 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
     prefix = build_prefix(sup, world.prompt, n_tokens, grid, torch.device("cpu"))
     heads = nn.ModuleList(_Reader(tower.out_dim, len(world.values[a])) for a in world.attrs)
     heads.append(_Reader(tower.out_dim, world.train_nuisance.shape[-1]))  # the last one reads the nuisance
-    params = list(model.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = PairSampler(world.train_attrs, cfg.images_per_class, rng)
-    eos = sup.eos_token_ids[0]
-    value_ids = {
-        a: [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(v)[0]) for v in world.values[a]] for a in world.attrs
-    }
-    answers: dict[tuple[int, int], Any] = {}
     model.train()
     log(
         f"[supervisor] {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, prefix "
         f"{prefix.length} tokens, {cfg.vision_steps} vision steps, {cfg.steps} steps of {cfg.batch_size} pairs"
     )
-
-    def aux_loss(feats: Any, images: list[tuple[int, int]]) -> torch.Tensor:
-        """The readers' loss on images ``(combination, index)``: attributes (cross-entropy) and nuisance (MSE)."""
-        attributes = sum(
-            F.cross_entropy(
-                head(feats.tokens),
-                torch.tensor([world.values[attr].index(world.train_attrs[c][attr]) for c, _ in images]),
-            )
-            for head, attr in zip(heads[:-1], world.attrs, strict=True)
-        ) / len(world.attrs)
-        truth = torch.from_numpy(np.stack([world.train_nuisance[c, i] for c, i in images]))
-        return attributes + cfg.nuisance_weight * F.mse_loss(heads[-1](feats.tokens), truth)
-
-    vision_params = list(tower.parameters()) + list(heads.parameters())
-    vision_opt = torch.optim.AdamW(vision_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n_cls, per = world.train_images.shape[:2]
-    for step in range(cfg.vision_steps):  # stage 1: perception first (cheap: no language model)
-        pick = rng.integers(n_cls * per, size=cfg.vision_batch_size)
-        aux = aux_loss(
-            tower.encode(to_pixels(world.train_images.reshape(-1, *world.train_images.shape[2:])[pick])),
-            [(int(k) // per, int(k) % per) for k in pick],
-        )
-        _update(vision_opt, vision_params, aux, _lr_at(step, cfg.vision_steps, cfg))
-        if step % 100 == 0 or step == cfg.vision_steps - 1:
-            heads_acc = ""
-            if step % 500 == 0:
-                tokens = _test_tokens(tower, world)
-                room = headroom(tokens, world)["recall@1_mean_pooled_tower"]
-                heads_acc = (
-                    f", held-out reader accuracy {_head_accuracy(tokens, heads, world):.3f}, mean-pooled R@1 {room:.3f}"
-                )
-            log(
-                f"[supervisor] vision step {step:5d}/{cfg.vision_steps} attributes {aux.item():.4f}{heads_acc} "
-                f"({time.time() - start:.0f} s)"
-            )
+    stage1 = _stage1(cfg, world, tower, heads, np.random.default_rng([cfg.seed, 0x737570]), log, start)
     accuracy = _head_accuracy(_test_tokens(tower, world), heads, world)
     log(f"[supervisor] held-out attribute accuracy of the vision heads: {accuracy:.3f}")
+
+    # stage 2: the answers by teacher forcing; its own generators, so a cached stage 1 gives the same build
+    torch.manual_seed(cfg.seed + 1)
+    rng = np.random.default_rng([cfg.seed, 0x737432])
+    if cfg.train_tower_in_stage2:
+        params = list(model.parameters()) + list(heads.parameters())
+    else:
+        tower.requires_grad_(False)
+        params = [p for n, p in model.named_parameters() if not n.startswith("model.visual.")]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = PairSampler(world.train_attrs, cfg.images_per_class, rng)
+    compare_sampler = PairSampler(world.train_attrs, cfg.images_per_class, np.random.default_rng([cfg.seed, 0x636D70]))
+    eos = sup.eos_token_ids[0]
+    value_token = {
+        a: {v: tokenizer.convert_tokens_to_ids(tokenizer.tokenize(v)[0]) for v in world.values[a]} for a in world.attrs
+    }
+    value_ids = {a: list(ids.values()) for a, ids in value_token.items()}
+    answers: dict[tuple[int, int], Any] = {}
     for step in range(cfg.steps):
         pairs = [sampler.draw() for _ in range(cfg.batch_size)]
-        imgs = np.stack([world.train_images[c, i] for a, i, b, j in pairs for c, i in ((a, i), (b, j))])
-        feats = tower.encode(to_pixels(imgs))
-        aux = aux_loss(feats, [image for a, i, b, j in pairs for image in ((a, i), (b, j))])
-        batch = []
-        for a, _, b, _ in pairs:
-            if (a, b) not in answers:
-                segs = target_answer(world.card, world.train_attrs[a], world.train_attrs[b])
-                answers[(a, b)] = encode_answer(tokenizer, segs, eos)
-            batch.append(answers[(a, b)])
+        images = [image for a, i, b, j in pairs for image in ((a, i), (b, j))]
+        with torch.set_grad_enabled(cfg.train_tower_in_stage2):
+            feats = tower.encode(to_pixels(np.stack([world.train_images[c, i] for c, i in images])))
+        aux = _aux_loss(feats, heads, world, images, cfg) if cfg.train_tower_in_stage2 else torch.zeros(())
+        share = 1.0 if step < cfg.compare_steps else cfg.compare_fraction
+        compare = [compare_sampler.draw() if rng.random() < share else None for _ in pairs] if share else None
+        batch, fixes = _described_batch(world, tokenizer, pairs, cfg, eos, value_token, answers, rng, compare)
         inputs, targets = _teacher_forcing(batch, int(tokenizer.pad_token_id), value_ids, cfg.corrupt, rng)
+        for r, fix in enumerate(fixes):
+            for pos, token in fix:
+                targets[r, pos] = token
         b, t = targets.shape
         ids = torch.cat([prefix.ids.expand(b, -1), inputs], dim=1)
         steps_pos = torch.arange(t).view(1, 1, t).expand(prefix.position_ids.shape[0], b, t) + prefix.next_position
@@ -356,6 +554,7 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
                 f"({time.time() - start:.0f} s)"
             )
     model.eval()
+    tower.requires_grad_(True)
     train_seconds = time.time() - start
     tokens = _test_tokens(tower, world)
     metrics = {
@@ -363,7 +562,10 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
         "train_classes": evaluate(sup, tower, prefix, world, world.bench_attrs, world.bench_images, cfg, "train"),
         "vision_heads_held_out": _head_accuracy(tokens, heads, world),
         "headroom": headroom(tokens, world),
+        "stage1": stage1,
     }
+    if cfg.hard_attribute:
+        metrics["hard_attribute"] = hard_attribute_share(world, cfg.hard_attribute)
     card = {
         "name": WORLD_NAME,
         "architecture": "Qwen3VLForConditionalGeneration",
@@ -382,12 +584,43 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
         "torch_threads": torch.get_num_threads(),
         "metrics": metrics,
     }
+    card["targets"] = card_targets(card)
     _save(model, tokenizer, card, out_dir)
     log(
         f"[supervisor] saved {out_dir}: held-out verdict accuracy {metrics['held_out']['verdict_accuracy']:.3f}, "
         f"attribute accuracy {metrics['held_out']['attribute_accuracy']:.3f} ({card['build_seconds']:.0f} s)"
     )
     return out_dir
+
+
+def _aux_loss(feats: Any, heads: nn.ModuleList, world: _World, images: list[tuple[int, int]], cfg: BuildConfig) -> Any:
+    """The readers' loss on images ``(combination, index)``: attributes (cross-entropy) and nuisance (MSE)."""
+    attributes = sum(
+        F.cross_entropy(
+            head(feats.tokens),
+            torch.tensor([world.values[attr].index(world.train_attrs[c][attr]) for c, _ in images]),
+        )
+        for head, attr in zip(heads[:-1], world.attrs, strict=True)
+    ) / len(world.attrs)
+    truth = torch.from_numpy(np.stack([world.train_nuisance[c, i] for c, i in images]))
+    return attributes + cfg.nuisance_weight * F.mse_loss(heads[-1](feats.tokens), truth)
+
+
+def hard_attribute_share(world: _World, attribute: str) -> dict[str, Any]:
+    """How much of the test classes' confusion the hard attribute X carries: the share of test classes with a
+    one-attribute neighbour in X, and the share of all (ordered) one-attribute neighbour pairs that differ in X."""
+    classes, pairs, in_x = 0, 0, 0
+    for i, a in enumerate(world.test_attrs):
+        differ = [[k for k in world.attrs if a[k] != b[k]] for j, b in enumerate(world.test_attrs) if j != i]
+        single = [d[0] for d in differ if len(d) == 1]
+        pairs += len(single)
+        in_x += single.count(attribute)
+        classes += attribute in single
+    return {
+        "attribute": attribute,
+        "test_classes_with_a_neighbour_in_it": classes / len(world.test_attrs),
+        "neighbour_pairs_differing_in_it": in_x / max(pairs, 1),
+    }
 
 
 @torch.no_grad()
@@ -448,6 +681,41 @@ def _save(model: Any, tokenizer: Any, card: dict[str, Any], out_dir: Path) -> No
 # ------------------------------------------------------------------------------------------------ evaluate
 
 
+def _extend(prefix: Any, ids: list[int]) -> Any:
+    """``prefix`` followed by the answer tokens ``ids`` (text positions continue after the prefix's)."""
+    from dataclasses import replace
+
+    n = len(ids)
+    extra = torch.tensor([ids], dtype=prefix.ids.dtype)
+    positions = torch.arange(n).view(1, 1, n).expand(prefix.position_ids.shape[0], 1, n) + prefix.next_position
+    return replace(
+        prefix,
+        ids=torch.cat([prefix.ids, extra], dim=1),
+        position_ids=torch.cat([prefix.position_ids, positions.to(prefix.position_ids.dtype)], dim=2),
+        next_position=prefix.next_position + n,
+    )
+
+
+def _verdict_after(sup: Any, prefix: Any, feats: Any, written: str, key: str, gen: torch.Generator) -> bool | None:
+    """The verdict the supervisor gives (greedy) after being made to write ``written``: the answer's two descriptions
+    up to ``"differences": "`` (the compare-only check and the intervention check)."""
+    from methods.saga._grpo import parse_verdict
+    from methods.saga._rollout import sample_rollouts
+
+    forced = sup.tokenizer(written, add_special_tokens=False)["input_ids"]
+    ro = sample_rollouts(sup, _extend(prefix, forced), feats, 1, 0.0, 1.0, 64, None, gen)
+    text = written + sup.tokenizer.decode(ro.tokens[0, : int(ro.mask[0].sum())].tolist(), skip_special_tokens=True)
+    return parse_verdict(text, key, ro.truncated[0])[0]
+
+
+def _descriptions_text(world: _World, first: dict[str, str], second: dict[str, str], answer_format: str) -> str:
+    from benchmark.world.data import target_answer
+
+    text = "".join(t for _, t in target_answer(world.card, first, second, answer_format))
+    cut = '"differences": "'
+    return text[: text.index(cut) + len(cut)]
+
+
 @torch.no_grad()
 def evaluate(
     sup: Any,
@@ -459,28 +727,36 @@ def evaluate(
     cfg: BuildConfig,
     split: str,
 ) -> dict[str, Any]:
-    """Verdict and attribute accuracy of sampled answers (SAGA's decoding: T = 0.7, top-p 0.95) on balanced pairs.
+    """Verdict and attribute accuracy of sampled answers (SAGA's decoding: T = 0.7, top-p 0.95) on balanced pairs,
+    and whether the verdict follows the descriptions.
 
-    Pairs are half same-class, half different (one-attribute neighbours where they exist, as in training). The
-    verdict accuracy is the mean reward of Eq. 3 (parse failures count as wrong); the attribute accuracy is over
-    both figures' seven values in the answers that parse.
+    Pairs are half same-class, a quarter one-attribute neighbours (where they exist), a quarter random; every rate is
+    also given by kind (``by_kind``). The verdict accuracy is the mean reward of Eq. 3 (parse failures count as wrong);
+    the attribute accuracy is over both figures' seven values in the answers that parse. ``follows_descriptions`` is
+    the share of answers whose verdict equals the comparison of their own two descriptions. Two greedy checks on
+    each pair, the supervisor made to write descriptions before it continues: ``compare_only`` (the true ones; its
+    verdict must be the truth) and ``intervention`` (the true ones with one value edited so that the implied verdict
+    flips: one attribute of a same pair changed, a neighbour's differing value set equal; its verdict must flip).
     """
     from benchmark.world.data import PairSampler, to_pixels
-    from methods.saga._grpo import parse_verdict
+    from methods.saga._grpo import answer_object, described_verdict, parse_verdict
     from methods.saga._rollout import sample_rollouts
 
     rng = np.random.default_rng([cfg.seed, 0x657661, split == "test"])
     sampler = PairSampler(attrs, images.shape[1], rng)
     gen = torch.Generator().manual_seed(cfg.seed)
     item, key = world.card["prompt"]["item"], world.card["prompt"]["verdict_key"]
-    counts = {"verdict": 0, "same": 0, "same_n": 0, "diff": 0, "diff_n": 0, "parsed": 0, "answers": 0}
+    kinds = ("same", "neighbour", "random")
+    tally = {k: {"answers": 0, "correct": 0, "pairs": 0, "compare": 0, "flip": 0, "flip_n": 0} for k in kinds}
+    follows = [0, 0]
+    parsed = answers = mixed_groups = 0
     per_attr = {a: [0, 0] for a in world.attrs}
-    mixed_groups = 0
     for _ in range(cfg.eval_pairs):
-        a, i, b, j = sampler.draw()
+        a, i, b, j, kind = sampler.draw_kind()
         feats = tower.encode(to_pixels(np.stack([images[a, i], images[b, j]])))
         ro = sample_rollouts(sup, prefix, feats, cfg.eval_samples, 0.7, 0.95, 64, None, gen)
-        same = a == b
+        same, t = a == b, tally[kind]
+        t["pairs"] += 1
         rewards = []
         for row in range(cfg.eval_samples):
             length = int(ro.mask[row].sum())
@@ -488,33 +764,127 @@ def evaluate(
             verdict, failure = parse_verdict(text, key, ro.truncated[row])
             correct = verdict is not None and verdict == same
             rewards.append(correct)
-            counts["answers"] += 1
-            counts["verdict"] += correct
-            counts["same" if same else "diff"] += correct
-            counts["same_n" if same else "diff_n"] += 1
+            answers += 1
+            t["answers"] += 1
+            t["correct"] += correct
             if failure is None:
-                counts["parsed"] += 1
-                # as parse_verdict reads it: the first JSON object, text after it ignored (json.loads would raise)
-                obj, _ = json.JSONDecoder().raw_decode(text, text.find("{"))
+                parsed += 1
+                obj = answer_object(text)
+                implied = described_verdict(obj, item, world.attrs)
+                if implied is not None:
+                    follows[0] += implied == verdict
+                    follows[1] += 1
                 for index, cls in ((1, a), (2, b)):
-                    described = obj.get(f"{item}_{index}")
+                    described = obj.get(f"{item}_{index}") if obj else None
                     described = described if isinstance(described, dict) else {}
                     for attr in world.attrs:
                         per_attr[attr][0] += described.get(attr) == attrs[cls][attr]
                         per_attr[attr][1] += 1
         mixed_groups += 0 < sum(rewards) < len(rewards)
+        first, second = attrs[a], attrs[b]
+        t["compare"] += (
+            _verdict_after(sup, prefix, feats, _descriptions_text(world, first, second, cfg.answer_format), key, gen)
+            == same
+        )
+        if kind != "random":
+            if same:  # one value of figure 2 edited: the descriptions now differ
+                attr = world.attrs[int(rng.integers(len(world.attrs)))]
+                edited = dict(second, **{attr: str(rng.choice([v for v in world.values[attr] if v != second[attr]]))})
+            else:  # the neighbour's differing value written as figure 1's: the descriptions now agree
+                edited = dict(first)
+            flipped = _verdict_after(
+                sup, prefix, feats, _descriptions_text(world, first, edited, cfg.answer_format), key, gen
+            )
+            t["flip"] += flipped == (not same)
+            t["flip_n"] += 1
     attr_acc = {a: c / max(n, 1) for a, (c, n) in per_attr.items()}
+
+    def rate(field: str, n: str, among: tuple[str, ...] = kinds) -> float:
+        return sum(tally[k][field] for k in among) / max(sum(tally[k][n] for k in among), 1)
+
+    different = ("neighbour", "random")
     return {
         "pairs": cfg.eval_pairs,
         "samples_per_pair": cfg.eval_samples,
-        "verdict_accuracy": counts["verdict"] / max(counts["answers"], 1),
-        "verdict_accuracy_same": counts["same"] / max(counts["same_n"], 1),
-        "verdict_accuracy_different": counts["diff"] / max(counts["diff_n"], 1),
-        "parse_rate": counts["parsed"] / max(counts["answers"], 1),
+        "verdict_accuracy": rate("correct", "answers"),
+        "verdict_accuracy_same": rate("correct", "answers", ("same",)),
+        "verdict_accuracy_different": rate("correct", "answers", different),
+        "by_kind": {
+            k: {
+                "pairs": tally[k]["pairs"],
+                "verdict_accuracy": rate("correct", "answers", (k,)),
+                "compare_only_accuracy": rate("compare", "pairs", (k,)),
+                **({"intervention_flip_rate": rate("flip", "flip_n", (k,))} if k != "random" else {}),
+            }
+            for k in kinds
+        },
+        "follows_descriptions": follows[0] / max(follows[1], 1),
+        "compare_only_accuracy": rate("compare", "pairs"),
+        "intervention_flip_rate": rate("flip", "flip_n"),
+        "parse_rate": parsed / max(answers, 1),
         "attribute_accuracy": float(np.mean(list(attr_acc.values()))),
         "attribute_accuracy_per_attribute": attr_acc,
         "groups_with_mixed_rewards": mixed_groups / cfg.eval_pairs,
     }
+
+
+def card_targets(card: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target of the card, its value and whether it is met (the headroom row of SAGA's pooler comes from the
+    saga_world sweep, not from the build, and is not here)."""
+    m = card["metrics"]
+    held, hard = m["held_out"], card["build"].get("hard_attribute")
+    per = held["attribute_accuracy_per_attribute"]
+    others = [v for a, v in per.items() if a != hard]
+    checks = {
+        "verdict_accuracy >= 0.85": held["verdict_accuracy"] >= 0.85,
+        "same-class verdict >= 0.80": held["by_kind"]["same"]["verdict_accuracy"] >= 0.80,
+        "one-attribute-neighbour verdict >= 0.80": held["by_kind"]["neighbour"]["verdict_accuracy"] >= 0.80,
+        "follows its descriptions >= 0.97": held["follows_descriptions"] >= 0.97,
+        "compare-only accuracy >= 0.98": held["compare_only_accuracy"] >= 0.98,
+        "groups with mixed rewards 0.25-0.50": 0.25 <= held["groups_with_mixed_rewards"] <= 0.50,
+        "every other attribute perceived >= 0.98": min(others) >= 0.98,
+        "mean-pooled tower R@1 <= 0.80": m["headroom"]["recall@1_mean_pooled_tower"] <= 0.80,
+    }
+    values = {
+        "verdict_accuracy >= 0.85": held["verdict_accuracy"],
+        "same-class verdict >= 0.80": held["by_kind"]["same"]["verdict_accuracy"],
+        "one-attribute-neighbour verdict >= 0.80": held["by_kind"]["neighbour"]["verdict_accuracy"],
+        "follows its descriptions >= 0.97": held["follows_descriptions"],
+        "compare-only accuracy >= 0.98": held["compare_only_accuracy"],
+        "groups with mixed rewards 0.25-0.50": held["groups_with_mixed_rewards"],
+        "every other attribute perceived >= 0.98": min(others),
+        "mean-pooled tower R@1 <= 0.80": m["headroom"]["recall@1_mean_pooled_tower"],
+    }
+    if hard:
+        checks[f"{hard} (X) perceived 0.85-0.93"] = 0.85 <= per[hard] <= 0.93
+        values[f"{hard} (X) perceived 0.85-0.93"] = per[hard]
+        share = m["hard_attribute"]["test_classes_with_a_neighbour_in_it"]
+        checks[f"{hard} (X) separates >= 30% of test classes' neighbours"] = share >= 0.30
+        values[f"{hard} (X) separates >= 30% of test classes' neighbours"] = share
+    return {k: {"value": round(float(values[k]), 4), "met": bool(v)} for k, v in checks.items()}
+
+
+def reproduce_card(path: str | os.PathLike) -> dict[str, Any]:
+    """The held-out metrics of the build at ``path``, recomputed from its saved weights (read as safetensors, the way
+    SAGA loads it) with its card's recipe: what a user checks a shipped build against (``supervisor check``).
+    Deterministic on a CPU with one thread, as the build ran; returns ``{"held_out": ..., "headroom": ...}``."""
+    from benchmark.backbones.mllm import load_supervisor, load_vision_tower
+    from methods.saga._rollout import build_prefix
+
+    path = Path(path)
+    card = read_card(path)
+    build = dict(card["build"])
+    cfg = BuildConfig(**build)
+    if cfg.digest() != card["digest"]:
+        raise ValueError(f"{path}: its card's recipe has digest {cfg.digest()}, the card says {card['digest']}.")
+    world = _World(cfg)
+    tower = load_vision_tower(path, WORLD_NAME).eval()
+    sup = load_supervisor(str(path))
+    n_tokens = tower.tokens_per_image(cfg.image_size, cfg.image_size)
+    side = cfg.image_size // tower.patch_size
+    prefix = build_prefix(sup, world.prompt, n_tokens, torch.tensor([[1, side, side]] * 2), torch.device("cpu"))
+    held = evaluate(sup, tower, prefix, world, world.test_attrs, world.test_images, cfg, "test")
+    return {"held_out": held, "headroom": headroom(_test_tokens(tower, world), world)}
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
@@ -525,30 +895,62 @@ def _summary(path: Path) -> str:
     held, train = card["metrics"]["held_out"], card["metrics"]["train_classes"]
     room, build = card["metrics"].get("headroom"), card["build"]
     per_attr = ", ".join(f"{a} {v:.2f}" for a, v in held["attribute_accuracy_per_attribute"].items())
-    return "\n".join(
-        [
-            f"{card['name']} at {path}",
-            f"  {card['architecture']}, {card['parameters'] / 1e6:.2f} M parameters, recipe v{card['recipe_version']}, "
-            f"seed {build['seed']}, {build['vision_steps']} vision + {build['steps']} language steps, built in "
-            f"{card['build_seconds']:.0f} s on {card['torch_threads']} threads",
-            f"  trained on {card['trained_on']}",
-            f"  held-out classes: verdict accuracy {held['verdict_accuracy']:.3f} (same {held['verdict_accuracy_same']:.3f}"
-            f", different {held['verdict_accuracy_different']:.3f}), attribute accuracy "
-            f"{held['attribute_accuracy']:.3f}, parse rate {held['parse_rate']:.3f}, groups with mixed rewards "
-            f"{held['groups_with_mixed_rewards']:.2f}",
-            f"    per attribute: {per_attr}",
-            f"  benchmark training classes (also unseen): verdict accuracy {train['verdict_accuracy']:.3f}, attribute "
-            f"accuracy {train['attribute_accuracy']:.3f}",
-        ]
-        + (
-            [
-                f"  headroom on the test classes: R@1 {room['recall@1_mean_pooled_tower']:.3f} (mean-pooled tower) "
-                f"vs {room['recall@1_ceiling']:.3f} (an embedding of the true attributes)"
-            ]
-            if room
-            else []
+    lines = [
+        f"{card['name']} at {path}",
+        f"  {card['architecture']}, {card['parameters'] / 1e6:.2f} M parameters, recipe v{card['recipe_version']} "
+        f"(digest {card.get('digest')}), seed {build['seed']}, {build['vision_steps']} vision + {build['steps']} "
+        f"language steps, built in {card['build_seconds']:.0f} s on {card['torch_threads']} threads",
+        f"  trained on {card['trained_on']}",
+        f"  held-out classes: verdict accuracy {held['verdict_accuracy']:.3f} (same {held['verdict_accuracy_same']:.3f}"
+        f", different {held['verdict_accuracy_different']:.3f}), attribute accuracy "
+        f"{held['attribute_accuracy']:.3f}, parse rate {held['parse_rate']:.3f}, groups with mixed rewards "
+        f"{held['groups_with_mixed_rewards']:.2f}",
+        f"    per attribute: {per_attr}",
+    ]
+    if "by_kind" in held:  # recipe v4 on
+        kinds = "; ".join(
+            f"{k} ({v['pairs']} pairs): verdict {v['verdict_accuracy']:.2f}, compare-only {v['compare_only_accuracy']:.2f}"
+            + (f", intervention flips {v['intervention_flip_rate']:.2f}" if "intervention_flip_rate" in v else "")
+            for k, v in held["by_kind"].items()
         )
+        lines += [
+            f"    by pair kind: {kinds}",
+            f"    verdict = comparison of its own two descriptions: {held['follows_descriptions']:.3f}; compare-only "
+            f"{held['compare_only_accuracy']:.3f}; intervention flips {held['intervention_flip_rate']:.3f}",
+        ]
+    lines.append(
+        f"  benchmark training classes (also unseen): verdict accuracy {train['verdict_accuracy']:.3f}, attribute "
+        f"accuracy {train['attribute_accuracy']:.3f}"
     )
+    if room:
+        lines.append(
+            f"  headroom on the test classes: R@1 {room['recall@1_mean_pooled_tower']:.3f} (mean-pooled tower) "
+            f"vs {room['recall@1_ceiling']:.3f} (an embedding of the true attributes)"
+        )
+    for label, target in (card.get("targets") or {}).items():
+        lines.append(f"  target {label}: {target['value']:.3f} {'met' if target['met'] else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def _recipe_fields(pairs: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings as BuildConfig fields, each VALUE read as the field's default type (YAML for the rest)."""
+    import yaml
+
+    defaults, out = asdict(BuildConfig()), {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in defaults or key == "size":
+            known = ", ".join(k for k in defaults if k != "size")
+            raise ValueError(f"--set takes FIELD=VALUE with FIELD one of: {known}; got {pair!r}.")
+        value = yaml.safe_load(raw)
+        default = defaults[key]
+        if value is not None and default is not None and not isinstance(value, type(default)):
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            else:
+                raise ValueError(f"--set {key} takes a {type(default).__name__} (default {default!r}); got {raw!r}.")
+        out[key] = value
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -567,20 +969,43 @@ def main(argv: list[str]) -> int:
     b.add_argument("--seed", type=int, default=defaults.seed)
     b.add_argument("--steps", type=int, default=defaults.steps)
     b.add_argument("--vision-steps", type=int, default=defaults.vision_steps)
+    b.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE",
+        help="another recipe field (e.g. --set answer_format=list --set describe_errors=0); see BuildConfig",
+    )  # fmt: skip
     b.add_argument("--out", help="a directory of your own instead of the cache (pass it as backbone.name=DIR)")
     b.add_argument("--force", action="store_true", help="rebuild even if the cached build exists")
+    c = sub.add_parser("check", help="recompute a build's held-out card numbers from its weights and compare")
+    c.add_argument("path", nargs="?", default=WORLD_NAME, help=f"a directory or {WORLD_NAME} (the shipped build)")
     s = sub.add_parser("show", help="print a built supervisor's card")
     s.add_argument("path", nargs="?", default=WORLD_NAME, help=f"a directory or {WORLD_NAME} (the cached default)")
     args = parser.parse_args(argv)
+    if args.action == "check":
+        path = (shipped_supervisor() or default_dir()) if args.path == WORLD_NAME else Path(args.path)
+        try:
+            card, again = read_card(path), reproduce_card(path)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}")
+            return 2
+        same = again["held_out"] == card["metrics"]["held_out"] and again["headroom"] == card["metrics"]["headroom"]
+        print(f"{path}: the card's held-out numbers {'reproduce' if same else 'DO NOT reproduce'} from its weights")
+        for key in ("verdict_accuracy", "follows_descriptions", "attribute_accuracy", "groups_with_mixed_rewards"):
+            print(f"  {key}: card {card['metrics']['held_out'].get(key)}, recomputed {again['held_out'].get(key)}")
+        return 0 if same else 1
     if args.action == "show":
-        path = default_dir() if args.path == WORLD_NAME else Path(args.path)
+        path = (shipped_supervisor() or default_dir()) if args.path == WORLD_NAME else Path(args.path)
         try:
             print(_summary(path))
         except FileNotFoundError as err:
             print(f"error: {err}")
             return 2
         return 0
-    cfg = BuildConfig(seed=args.seed, steps=args.steps, vision_steps=args.vision_steps)
+    try:
+        extra = _recipe_fields(args.set)
+    except ValueError as err:
+        print(f"error: {err}")
+        return 2
+    cfg = BuildConfig(**{"seed": args.seed, "steps": args.steps, "vision_steps": args.vision_steps, **extra})
     out = Path(args.out) if args.out else default_dir(cfg)
     if (out / CARD_FILE).exists() and not args.force:
         print(f"{out} is already built (use --force to rebuild).")
