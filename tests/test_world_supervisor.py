@@ -457,3 +457,16 @@ def test_the_shipped_cards_numbers_reproduce_from_its_weights():
     card = ws.read_card(ws.shipped_supervisor())
     assert again["held_out"] == card["metrics"]["held_out"]
     assert again["headroom"] == pytest.approx(card["metrics"]["headroom"], abs=1e-9)
+
+
+def test_the_weaker_judges_share_the_shipped_tower_and_differ_from_it():
+    """The judge-quality curve's variants: other digests than the shipped build (never resolved to it), the same
+    stage 1 (the same tower), and without the counterfactual lessons (the list variant: v1-v3's answer too)."""
+    default = ws.BuildConfig()
+    variants = {name: ws.BuildConfig(**fields) for name, fields in ws.JUDGE_VARIANTS.items()}
+    assert set(variants) == {"attributes-supervisor-chain-only", "attributes-supervisor-list"}
+    for cfg in variants.values():
+        assert cfg.digest() != default.digest() and cfg.stage1_digest() == default.stage1_digest()
+        assert cfg.flip_descriptions == 0.0 and ws.shipped_supervisor(cfg) is None
+    assert variants["attributes-supervisor-list"].answer_format == "list"
+    assert variants["attributes-supervisor-chain-only"].answer_format == "chain"

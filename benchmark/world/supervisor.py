@@ -179,13 +179,8 @@ register_named_checkpoint(
 #: without its description errors, and the v1-v3 answer (the differing attributes listed, no errors). They are the
 #: points of the judge-quality curve (``sweeps/saga_world_judges.yaml``); built on first use into the cache.
 JUDGE_VARIANTS = {
-    f"{WORLD_NAME}-chain-only": {"describe_errors": 0.0, "compare_steps": 0, "compare_fraction": 0.0},
-    f"{WORLD_NAME}-list": {
-        "answer_format": "list",
-        "describe_errors": 0.0,
-        "compare_steps": 0,
-        "compare_fraction": 0.0,
-    },
+    f"{WORLD_NAME}-chain-only": {"flip_descriptions": 0.0},
+    f"{WORLD_NAME}-list": {"answer_format": "list", "flip_descriptions": 0.0},
 }
 
 
