@@ -166,7 +166,7 @@ def ensure_supervisor(cfg: BuildConfig | None = None, log: Callable[[str], None]
         return path
     log(
         f"[supervisor] no shipped or cached {WORLD_NAME} of digest {(cfg or BuildConfig()).digest()} at {path}; "
-        "building it (about 20 min on one CPU thread) ..."
+        "building it (about 50 min on one CPU thread; 7 min when its stage 1 is cached) ..."
     )
     return build_supervisor(cfg or BuildConfig(), path, log=log)
 
@@ -176,7 +176,7 @@ register_named_checkpoint(
 )
 
 #: Judges of lower verdict quality on the same stage 1 (the same tower, so the same perception): recipe v4's stage 2
-#: without its description errors, and the v1-v3 answer (the differing attributes listed, no errors). They are the
+#: without its counterfactual descriptions, and the v1-v3 answer (the differing attributes listed) without them. The
 #: points of the judge-quality curve (``sweeps/saga_world_judges.yaml``); built on first use into the cache.
 JUDGE_VARIANTS = {
     f"{WORLD_NAME}-chain-only": {"flip_descriptions": 0.0},
