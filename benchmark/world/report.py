@@ -192,7 +192,8 @@ def load_runs(
         else:
             line["probe_note"] = (probe or {}).get("error") or "no probe in the record (eval.attribute_probe=false?)"
         diagnostics = record.get("diagnostics") or {}
-        line["reward_mean"] = _fraction(diagnostics.get("reward_mean"))
+        rolled_out = is_saga and bool(method_cfg.get("use_grpo", True) or method_cfg.get("use_kl", True))
+        line["reward_mean"] = _fraction(diagnostics.get("reward_mean")) if rolled_out else np.nan  # no rollouts
         grpo_norm, dml_norm = diagnostics.get("grad_norm_grpo_tower"), diagnostics.get("grad_norm_dml_tower")
         line["grad_ratio_grpo_dml"] = (
             _fraction(grpo_norm) / _fraction(dml_norm)
