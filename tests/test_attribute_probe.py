@@ -452,3 +452,22 @@ def test_the_judge_curve_puts_grpos_effect_beside_each_builds_verdict_accuracy(t
     shutil.rmtree(tmp_path / "cache")
     assert main(["world-report", str(tmp_path / "runs"), "--judges", "--out", str(out)]) == 0
     assert pd.read_csv(out / "judges.csv")["verdict_accuracy"].tolist() == [0.6, 0.9]
+
+
+def test_the_judge_curve_keeps_runs_of_two_builds_that_share_a_config_hash(tiny_runs, tmp_path):
+    """Runs on different builds share a config hash (it names `attributes-supervisor`, not the build): read from
+    two directories, neither build's runs may be dropped as the other's duplicates."""
+    from benchmark.world.curve import load_judge_runs
+
+    template = tiny_runs[1]["pretrained"]
+    for digest, verdict in {"cccccccccccc": 0.6, "dddddddddddd": 0.9}.items():
+        where = tmp_path / "cache" / f"attributes-supervisor-{digest}"
+        _judge_card(where, digest, verdict)
+        for seed in range(2):
+            for grpo in (True, False):
+                rec = _saga(template, seed, 0.8, use_grpo=grpo)  # the same hash for both builds
+                rec["backbone"] = dict(rec["backbone"], source=f"hf:attributes-supervisor ({where})")
+                _write(tmp_path / digest, rec)
+    runs, cards = load_judge_runs([tmp_path / "cccccccccccc", tmp_path / "dddddddddddd"], tmp_path / "cards")
+    assert set(cards) == {"cccccccccccc", "dddddddddddd"}
+    assert runs.groupby("digest").size().to_dict() == {"cccccccccccc": 4, "dddddddddddd": 4}

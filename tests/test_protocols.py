@@ -213,6 +213,15 @@ def _training_classes(card: dict, cfg) -> int:
     return total - max(1, int(round(total * cfg.dataset.val_fraction)))
 
 
+def _tower(backbone: str) -> str:
+    """What a run's tower is: the world's judges (saga_world_judges) differ in their language model only and name
+    one tower, their shared stage 1; any other backbone is its name."""
+    from benchmark.world import supervisor as ws
+
+    fields = {ws.WORLD_NAME: {}, **ws.JUDGE_VARIANTS}.get(backbone)
+    return f"{ws.WORLD_NAME} tower {ws.BuildConfig(**fields).stage1_digest()}" if fields is not None else backbone
+
+
 @pytest.mark.parametrize("name", SPECS)
 def test_every_cell_of_every_committed_spec_composes_and_fits_the_sampler(name, tmp_path):
     from benchmark.data.base import load_card
@@ -225,7 +234,7 @@ def test_every_cell_of_every_committed_spec_composes_and_fits_the_sampler(name, 
         assert t.batch_size % t.m_per_class == 0, cell.cell_id
         assert t.batch_size // t.m_per_class <= _training_classes(load_card(cfg.dataset.name), cfg), cell.cell_id
         budget = (t.epochs, t.steps_per_epoch, t.lr, t.batch_size, t.m_per_class, cfg.data.image_size)
-        budgets.setdefault(f"{cfg.dataset.name}/{cfg.protocol}", set()).add(budget + (cfg.backbone.name,))
+        budgets.setdefault(f"{cfg.dataset.name}/{cfg.protocol}", set()).add(budget + (_tower(cfg.backbone.name),))
     for group, seen in budgets.items():  # one protocol, one dataset: one budget and one tower for every method
         assert len(seen) == 1, f"{name}: methods train different budgets on {group}: {sorted(seen, key=str)}"
 

@@ -41,9 +41,11 @@ def _card(source: str, cards: Path) -> dict[str, Any] | None:
 def load_judge_runs(runs_dirs: list[str | os.PathLike], cards: Path) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """One line per SAGA run without KL: judge digest, λ_grpo, use_grpo, seed, R@1, reward, gradient ratio; and the
     cards by digest. Raises ValueError when there is no such run or a run's build has no card to be found."""
-    runs, _ = gather(list(runs_dirs))
+    # one directory at a time: runs on different builds share a config hash (it names `attributes-supervisor`, not
+    # the build), so gathering the directories together would drop one build's runs as the other's duplicates
+    gathered = [gather([d])[0] for d in runs_dirs]
     lines, found = [], {}
-    for run in runs.to_dict("records") if not runs.empty else []:
+    for run in [r for runs in gathered if not runs.empty for r in runs.to_dict("records")]:
         if run["method"] != "saga":
             continue
         record = json.loads(Path(run["path"]).read_text(encoding="utf-8"))
