@@ -33,8 +33,10 @@ commands:
   world-report RUNS_DIR --out DIR [--judges]
                              attribute-world results: R@K and per-attribute linear probes per method row;
                              --judges: GRPO's effect against the supervisor's verdict accuracy, build by build
-  supervisor build|show      build (or show the card of) the trained tiny SAGA supervisor of the 'attributes'
-                             world; backbone.name=attributes-supervisor finds it in the cache or builds it
+  supervisor show|check|build
+                             the shipped tiny SAGA supervisor of the 'attributes' world: its card, its card
+                             recomputed from its weights, or a build from its recipe (backbone.name=
+                             attributes-supervisor loads the shipped build)
 """
 
 

@@ -195,9 +195,10 @@ def describe_with_errors(
     rng: np.random.Generator,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Descriptions of two figures in which each value is, with probability ``rate``, replaced by another value of its
-    attribute: what a supervisor that misperceives writes. Recipe v4 teaches the comparison on these: the answer's
-    differences and verdict are written from the *descriptions* (not from the truth), while every description token
-    is still trained towards the true value, so the verdict has to read the text (hand-written: no library does it).
+    attribute: what a supervisor that misperceives writes (``BuildConfig.describe_errors``, off in the shipped recipe,
+    which uses :func:`flip_description`): the answer's differences and verdict are written from the *descriptions*
+    (not from the truth), while every description token is still trained towards the true value (hand-written: no
+    library does it). Measured: it mostly shifts the verdict's prior (README, "attributes world").
     """
 
     def noisy(figure: dict[str, str]) -> dict[str, str]:

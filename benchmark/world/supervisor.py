@@ -16,8 +16,9 @@ from their known attributes. Every benchmark class, training and test, is unseen
 
 The build is deterministic in its seed and is saved as an ordinary Hugging Face checkpoint directory (safetensors,
 ``config.json``, ``tokenizer.json``), so SAGA loads it by the same code path as Qwen3-VL-8B. ``backbone.name=
-attributes-supervisor`` finds the cached build (``$DML_BENCHMARK_CACHE`` or ``~/.cache/dml-benchmark``) or builds it;
-``python -m benchmark supervisor build`` builds it explicitly. Its card (``supervisor_card.json``) records the
+attributes-supervisor`` loads the shipped build (``builds/``, found by its digest); another recipe is found in the
+cache (``$DML_BENCHMARK_CACHE`` or ``~/.cache/dml-benchmark``) or built there; ``python -m benchmark supervisor
+build`` builds one explicitly. Its card (``supervisor_card.json``) records the
 verdict accuracy and the attribute accuracy on held-out pairs of the benchmark's test classes and of its training
 classes (both unseen by the supervisor), and the headroom: the retrieval R@1 of the mean-pooled tower on the test
 classes against the ceiling an embedding of the true attributes reaches.
@@ -34,6 +35,15 @@ differ in). Recipe v2 trained per-attribute classifiers on the mean token, which
 embedding already (R@1 94.6 % of a ceiling of 100 % on the test classes): the ``pretrained`` row left nothing for a
 method to show. With attention readers the attributes live in the tokens that show them and the mean mixes them
 with the nuisance, as in a real tower; the card's ``headroom`` records both R@1.
+
+Recipe v4 (the shipped build, ``builds/``) makes the verdict depend on the written descriptions: the differences are
+a per-attribute comparison chain (``answer_format="chain"``); in stage 2, half the same-class and one-attribute-
+neighbour pairs are written with one value changed so that the implied verdict flips (``flip_descriptions``), each
+written value still trained towards the truth; stage 1 is longer (15,000 steps, 8 images per combination), cached by
+its own digest and frozen in stage 2, so variants of stage 2 share one tower; and a hard attribute stops shaping the
+tower at a set accuracy (``hard_attribute``). The card adds verdicts by pair kind, whether the verdict follows the
+answer's own descriptions, and greedy compare-only and intervention checks (:func:`evaluate`), and the targets
+(:func:`card_targets`). What it reaches, and what bounded it, is in the README ("attributes world").
 """
 
 from __future__ import annotations
