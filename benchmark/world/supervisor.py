@@ -892,6 +892,25 @@ def reproduce_card(path: str | os.PathLike) -> dict[str, Any]:
     return {"held_out": held, "headroom": headroom(_test_tokens(tower, world), world)}
 
 
+def card_reproduces(card: dict[str, Any], again: dict[str, Any], pairs: float = 1.0) -> bool:
+    """Whether :func:`reproduce_card`'s numbers are the card's: every rate within ``pairs`` evaluation pairs' worth
+    (1/eval_pairs; another CPU's last-bit rounding may flip a sampled token), every count equal, the headroom within
+    two queries. On the machine that built it they are equal."""
+    tol = pairs / max(int(card["build"]["eval_pairs"]), 1) + 1e-9
+
+    def close(a: Any, b: Any) -> bool:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+        if isinstance(a, bool) or isinstance(a, int) and isinstance(b, int):
+            return a == b
+        return isinstance(a, float | int) and isinstance(b, float | int) and abs(a - b) <= tol
+
+    room = card["metrics"]["headroom"]
+    return close(card["metrics"]["held_out"], again["held_out"]) and all(
+        abs(room[k] - again["headroom"][k]) <= 2 / 1440 + 1e-9 for k in room
+    )
+
+
 # ------------------------------------------------------------------------------------------------------ CLI
 
 
@@ -992,7 +1011,7 @@ def main(argv: list[str]) -> int:
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}")
             return 2
-        same = again["held_out"] == card["metrics"]["held_out"] and again["headroom"] == card["metrics"]["headroom"]
+        same = card_reproduces(card, again)
         print(f"{path}: the card's held-out numbers {'reproduce' if same else 'DO NOT reproduce'} from its weights")
         for key in ("verdict_accuracy", "follows_descriptions", "attribute_accuracy", "groups_with_mixed_rewards"):
             print(f"  {key}: card {card['metrics']['held_out'].get(key)}, recomputed {again['held_out'].get(key)}")
