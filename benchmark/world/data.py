@@ -187,6 +187,23 @@ def generalist_combinations(
     return [{a: values[a][int(k)] for a, k in zip(names, row, strict=True)} for row in codes]
 
 
+def other_value(values: dict[str, list[str]], attr: str, value: str, rng: np.random.Generator) -> str:
+    """Another value of ``attr`` than ``value``, drawn uniformly (a misdescription, a counterfactual, an edit)."""
+    return str(rng.choice([v for v in values[attr] if v != value]))
+
+
+def single_differences(classes: dict[Any, dict[str, str]]) -> list[tuple[Any, Any, str]]:
+    """Every ordered pair of classes that differ in exactly one attribute, with that attribute: ``(c, d, attr)``
+    (the one-attribute neighbours, as :class:`PairSampler` draws them)."""
+    out = []
+    for c, a in classes.items():
+        for d, b in classes.items():
+            differ = [k for k in a if a[k] != b[k]]
+            if c != d and len(differ) == 1:
+                out.append((c, d, differ[0]))
+    return out
+
+
 def describe_with_errors(
     first: dict[str, str],
     second: dict[str, str],
@@ -205,7 +222,7 @@ def describe_with_errors(
         out = dict(figure)
         for attr, value in figure.items():
             if rng.random() < rate:
-                out[attr] = str(rng.choice([v for v in values[attr] if v != value]))
+                out[attr] = other_value(values, attr, value, rng)
         return out
 
     return noisy(first), noisy(second)
@@ -229,7 +246,7 @@ def flip_description(
         return first, second
     if not differ:
         attr = list(first)[int(rng.integers(len(first)))]
-        return first, dict(second, **{attr: str(rng.choice([v for v in values[attr] if v != second[attr]]))})
+        return first, dict(second, **{attr: other_value(values, attr, second[attr], rng)})
     return first, dict(second, **{differ[0]: first[differ[0]]})
 
 

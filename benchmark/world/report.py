@@ -114,13 +114,9 @@ _TEST_CLASSES: dict[str, Any] = {}
 def confusable_in(classes: dict[int, dict[str, str]], attribute: str) -> set[int]:
     """The classes with a one-attribute neighbour (another class differing in exactly one attribute) that differs in
     ``attribute``: the queries a retrieval only gets right if it tells ``attribute`` apart."""
-    out = set()
-    for c, a in classes.items():
-        for d, b in classes.items():
-            differ = [k for k in a if a[k] != b[k]]
-            if c != d and differ == [attribute]:
-                out.add(c)
-    return out
+    from benchmark.world.data import single_differences
+
+    return {c for c, _, attr in single_differences(classes) if attr == attribute}
 
 
 def _confusable_recall(record: dict[str, Any], attribute: str | None) -> dict[str, float]:

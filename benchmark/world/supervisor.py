@@ -426,15 +426,8 @@ def _stage1(
         pick = rng.integers(n_cls * per, size=cfg.vision_batch_size)
         images = [(int(k) // per, int(k) % per) for k in pick]
         feats = tower.encode(to_pixels(flat[pick]))
-        losses = [  # once X has stopped, its reader still follows the tower (detached input) but no longer shapes it
-            F.cross_entropy(
-                head(feats.tokens.detach() if k == hard and hard_stopped is not None else feats.tokens),
-                torch.tensor([world.values[attr].index(world.train_attrs[c][attr]) for c, _ in images]),
-            )
-            for k, (head, attr) in enumerate(zip(heads[:-1], world.attrs, strict=True))
-        ]
-        truth = torch.from_numpy(np.stack([world.train_nuisance[c, i] for c, i in images]))
-        aux = sum(losses) / len(losses) + cfg.nuisance_weight * F.mse_loss(heads[-1](feats.tokens), truth)
+        # once X has stopped, its reader still follows the tower (detached input) but no longer shapes it
+        aux = _aux_loss(feats, heads, world, images, cfg, detached=hard if hard_stopped is not None else None)
         _update(vision_opt, vision_params, aux, _lr_at(step, cfg.vision_steps, cfg))
         if hard is not None and hard_stopped is None and step % 25 == 0:
             accuracy = _val_accuracy(tower, heads, world)[hard]
@@ -473,11 +466,18 @@ def _val_accuracy(tower: Any, heads: nn.ModuleList, world: _World) -> list[float
     from benchmark.world.data import to_pixels
 
     tokens = tower.encode(to_pixels(world.val_images.reshape(-1, *world.val_images.shape[2:]))).tokens
-    out = []
+    return [float(hits) for hits in _reader_hits(tokens, heads, world, world.val_attrs, world.val_images.shape[1])]
+
+
+def _reader_hits(
+    tokens: torch.Tensor, heads: nn.ModuleList, world: _World, attrs: list[dict[str, str]], per: int
+) -> list[torch.Tensor]:
+    """Each attribute reader's accuracy on ``tokens``: the images of ``attrs``, ``per`` images each, in order."""
+    hits = []
     for head, attr in zip(heads[:-1], world.attrs, strict=True):
-        truth = torch.tensor([world.values[attr].index(c[attr]) for c in world.val_attrs]).repeat_interleave(2)
-        out.append(float((head(tokens).argmax(1) == truth).float().mean()))
-    return out
+        truth = torch.tensor([world.values[attr].index(c[attr]) for c in attrs]).repeat_interleave(per)
+        hits.append((head(tokens).argmax(1) == truth).float().mean())
+    return hits
 
 
 def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable[[str], None] = print) -> Path:
@@ -598,14 +598,22 @@ def build_supervisor(cfg: BuildConfig, out_dir: str | os.PathLike, log: Callable
     return out_dir
 
 
-def _aux_loss(feats: Any, heads: nn.ModuleList, world: _World, images: list[tuple[int, int]], cfg: BuildConfig) -> Any:
-    """The readers' loss on images ``(combination, index)``: attributes (cross-entropy) and nuisance (MSE)."""
+def _aux_loss(
+    feats: Any,
+    heads: nn.ModuleList,
+    world: _World,
+    images: list[tuple[int, int]],
+    cfg: BuildConfig,
+    detached: int | None = None,
+) -> Any:
+    """The readers' loss on images ``(combination, index)``: attributes (cross-entropy) and nuisance (MSE). The reader
+    of attribute number ``detached`` reads detached tokens: it learns, but its gradient does not reach the tower."""
     attributes = sum(
         F.cross_entropy(
-            head(feats.tokens),
+            head(feats.tokens.detach() if k == detached else feats.tokens),
             torch.tensor([world.values[attr].index(world.train_attrs[c][attr]) for c, _ in images]),
         )
-        for head, attr in zip(heads[:-1], world.attrs, strict=True)
+        for k, (head, attr) in enumerate(zip(heads[:-1], world.attrs, strict=True))
     ) / len(world.attrs)
     truth = torch.from_numpy(np.stack([world.train_nuisance[c, i] for c, i in images]))
     return attributes + cfg.nuisance_weight * F.mse_loss(heads[-1](feats.tokens), truth)
@@ -614,17 +622,14 @@ def _aux_loss(feats: Any, heads: nn.ModuleList, world: _World, images: list[tupl
 def hard_attribute_share(world: _World, attribute: str) -> dict[str, Any]:
     """How much of the test classes' confusion the hard attribute X carries: the share of test classes with a
     one-attribute neighbour in X, and the share of all (ordered) one-attribute neighbour pairs that differ in X."""
-    classes, pairs, in_x = 0, 0, 0
-    for i, a in enumerate(world.test_attrs):
-        differ = [[k for k in world.attrs if a[k] != b[k]] for j, b in enumerate(world.test_attrs) if j != i]
-        single = [d[0] for d in differ if len(d) == 1]
-        pairs += len(single)
-        in_x += single.count(attribute)
-        classes += attribute in single
+    from benchmark.world.data import single_differences
+
+    pairs = single_differences(dict(enumerate(world.test_attrs)))
+    in_x = [c for c, _, attr in pairs if attr == attribute]
     return {
         "attribute": attribute,
-        "test_classes_with_a_neighbour_in_it": classes / len(world.test_attrs),
-        "neighbour_pairs_differing_in_it": in_x / max(pairs, 1),
+        "test_classes_with_a_neighbour_in_it": len(set(in_x)) / len(world.test_attrs),
+        "neighbour_pairs_differing_in_it": len(in_x) / max(len(pairs), 1),
     }
 
 
@@ -662,12 +667,7 @@ def headroom(tokens: torch.Tensor, world: _World) -> dict[str, float]:
 def _head_accuracy(tokens: torch.Tensor, heads: nn.ModuleList, world: _World) -> float:
     """Mean accuracy of the auxiliary attribute readers on the held-out classes' images (``tokens``:
     :func:`_test_tokens`; a build diagnostic)."""
-    per = world.test_images.shape[1]
-    hits = []
-    for head, attr in zip(heads[:-1], world.attrs, strict=True):
-        truth = torch.tensor([world.values[attr].index(a[attr]) for a in world.test_attrs]).repeat_interleave(per)
-        hits.append((head(tokens).argmax(1) == truth).float().mean())
-    return float(torch.stack(hits).mean())
+    return float(torch.stack(_reader_hits(tokens, heads, world, world.test_attrs, world.test_images.shape[1])).mean())
 
 
 def _save(model: Any, tokenizer: Any, card: dict[str, Any], out_dir: Path) -> None:
@@ -743,7 +743,7 @@ def evaluate(
     verdict must be the truth) and ``intervention`` (the true ones with one value edited so that the implied verdict
     flips: one attribute of a same pair changed, a neighbour's differing value set equal; its verdict must flip).
     """
-    from benchmark.world.data import PairSampler, to_pixels
+    from benchmark.world.data import PairSampler, other_value, to_pixels
     from methods.saga._grpo import answer_object, described_verdict, parse_verdict
     from methods.saga._rollout import sample_rollouts
 
@@ -794,7 +794,7 @@ def evaluate(
         if kind != "random":
             if same:  # one value of figure 2 edited: the descriptions now differ
                 attr = world.attrs[int(rng.integers(len(world.attrs)))]
-                edited = dict(second, **{attr: str(rng.choice([v for v in world.values[attr] if v != second[attr]]))})
+                edited = dict(second, **{attr: other_value(world.values, attr, second[attr], rng)})
             else:  # the neighbour's differing value written as figure 1's: the descriptions now agree
                 edited = dict(first)
             flipped = _verdict_after(
@@ -840,33 +840,27 @@ def card_targets(card: dict[str, Any]) -> dict[str, dict[str, Any]]:
     held, hard = m["held_out"], card["build"].get("hard_attribute")
     per = held["attribute_accuracy_per_attribute"]
     others = [v for a, v in per.items() if a != hard]
-    checks = {
-        "verdict_accuracy >= 0.85": held["verdict_accuracy"] >= 0.85,
-        "same-class verdict >= 0.80": held["by_kind"]["same"]["verdict_accuracy"] >= 0.80,
-        "one-attribute-neighbour verdict >= 0.80": held["by_kind"]["neighbour"]["verdict_accuracy"] >= 0.80,
-        "follows its descriptions >= 0.97": held["follows_descriptions"] >= 0.97,
-        "compare-only accuracy >= 0.98": held["compare_only_accuracy"] >= 0.98,
-        "groups with mixed rewards 0.25-0.50": 0.25 <= held["groups_with_mixed_rewards"] <= 0.50,
-        "every other attribute perceived >= 0.98": min(others) >= 0.98,
-        "mean-pooled tower R@1 <= 0.80": m["headroom"]["recall@1_mean_pooled_tower"] <= 0.80,
-    }
-    values = {
-        "verdict_accuracy >= 0.85": held["verdict_accuracy"],
-        "same-class verdict >= 0.80": held["by_kind"]["same"]["verdict_accuracy"],
-        "one-attribute-neighbour verdict >= 0.80": held["by_kind"]["neighbour"]["verdict_accuracy"],
-        "follows its descriptions >= 0.97": held["follows_descriptions"],
-        "compare-only accuracy >= 0.98": held["compare_only_accuracy"],
-        "groups with mixed rewards 0.25-0.50": held["groups_with_mixed_rewards"],
-        "every other attribute perceived >= 0.98": min(others),
-        "mean-pooled tower R@1 <= 0.80": m["headroom"]["recall@1_mean_pooled_tower"],
-    }
+    kinds = held["by_kind"]
+    table = [  # label, value, met
+        ("verdict_accuracy >= 0.85", held["verdict_accuracy"], lambda v: v >= 0.85),
+        ("same-class verdict >= 0.80", kinds["same"]["verdict_accuracy"], lambda v: v >= 0.80),
+        ("one-attribute-neighbour verdict >= 0.80", kinds["neighbour"]["verdict_accuracy"], lambda v: v >= 0.80),
+        ("follows its descriptions >= 0.97", held["follows_descriptions"], lambda v: v >= 0.97),
+        ("compare-only accuracy >= 0.98", held["compare_only_accuracy"], lambda v: v >= 0.98),
+        ("groups with mixed rewards 0.25-0.50", held["groups_with_mixed_rewards"], lambda v: 0.25 <= v <= 0.50),
+        ("every other attribute perceived >= 0.98", min(others), lambda v: v >= 0.98),
+        ("mean-pooled tower R@1 <= 0.80", m["headroom"]["recall@1_mean_pooled_tower"], lambda v: v <= 0.80),
+    ]
     if hard:
-        checks[f"{hard} (X) perceived 0.85-0.93"] = 0.85 <= per[hard] <= 0.93
-        values[f"{hard} (X) perceived 0.85-0.93"] = per[hard]
-        share = m["hard_attribute"]["test_classes_with_a_neighbour_in_it"]
-        checks[f"{hard} (X) separates >= 30% of test classes' neighbours"] = share >= 0.30
-        values[f"{hard} (X) separates >= 30% of test classes' neighbours"] = share
-    return {k: {"value": round(float(values[k]), 4), "met": bool(v)} for k, v in checks.items()}
+        table += [
+            (f"{hard} (X) perceived 0.85-0.93", per[hard], lambda v: 0.85 <= v <= 0.93),
+            (
+                f"{hard} (X) separates >= 30% of test classes' neighbours",
+                m["hard_attribute"]["test_classes_with_a_neighbour_in_it"],
+                lambda v: v >= 0.30,
+            ),
+        ]
+    return {label: {"value": round(float(value), 4), "met": bool(met(value))} for label, value, met in table}
 
 
 def reproduce_card(path: str | os.PathLike) -> dict[str, Any]:

@@ -28,17 +28,9 @@ def parse_verdict(text: str, verdict_key: str, truncated: bool = False) -> tuple
         return None, "truncated"
     if not text or not text.strip():
         return None, "empty"
-    fenced = _FENCE.search(text)
-    body = fenced.group(1) if fenced else text
-    start = body.find("{")
-    if start < 0:
-        return None, "no_json"
-    try:
-        obj, _ = json.JSONDecoder().raw_decode(body[start:])
-    except json.JSONDecodeError:
-        return None, "malformed_json"
-    if not isinstance(obj, dict):
-        return None, "not_object"
+    obj, failure = _first_object(text)
+    if failure is not None:
+        return None, failure
     if verdict_key not in obj:
         return None, "missing_key"
     value = obj[verdict_key]
@@ -50,19 +42,25 @@ def parse_verdict(text: str, verdict_key: str, truncated: bool = False) -> tuple
     return None, "bad_value"
 
 
-def answer_object(text: str) -> dict[str, Any] | None:
-    """The answer's first JSON object, read as :func:`parse_verdict` reads it (fences and surrounding text ignored),
-    or ``None`` when there is none."""
-    fenced = _FENCE.search(text or "")
-    body = fenced.group(1) if fenced else (text or "")
+def _first_object(text: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The first JSON object in ``text`` (inside a code fence if there is one; text after it ignored) and ``None``,
+    or ``None`` and why not: ``no_json``, ``malformed_json`` or ``not_object``."""
+    fenced = _FENCE.search(text)
+    body = fenced.group(1) if fenced else text
     start = body.find("{")
     if start < 0:
-        return None
+        return None, "no_json"
     try:
         obj, _ = json.JSONDecoder().raw_decode(body[start:])
     except json.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
+        return None, "malformed_json"
+    return (obj, None) if isinstance(obj, dict) else (None, "not_object")
+
+
+def answer_object(text: str) -> dict[str, Any] | None:
+    """The answer's first JSON object, read as :func:`parse_verdict` reads it (fences and surrounding text ignored),
+    or ``None`` when there is none."""
+    return _first_object(text or "")[0]
 
 
 def described_verdict(obj: dict[str, Any] | None, item: str, attributes: list[str]) -> bool | None:
